@@ -1,0 +1,357 @@
+"""Typed configs for every stage, loaded from one YAML file plus ``--set key=value`` overrides.
+
+A run config has the sections ``runtime``, ``data``, ``model``, ``train`` and ``tune``. Every section is
+a frozen dataclass validated in ``__post_init__``; unknown keys and out-of-range values raise
+:class:`~hybrid.errors.ConfigError` naming the dotted key, the rule and the value.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hybrid._dataclass_io import from_dict, require, to_dict
+from hybrid.errors import ConfigError, did_you_mean
+from hybrid.models import get_family, model_config
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["constant", "step", "cosine", "onecycle"]
+Optimizer = Literal["sgd", "adamw"]
+TuneMetric = Literal["val_accuracy", "val_macro_f1", "val_loss"]
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where Ray runs and how Spark is laid on it through RayDP."""
+
+    ray_address: str | None = None
+    """Address of an existing Ray cluster (``auto``, ``ray://host:10001``...); ``null`` starts a local Ray."""
+    num_cpus: int | None = None
+    """CPUs of the local Ray (``null``: all of this machine's); ignored when connecting to a cluster."""
+    spark_executors: int = 1
+    """Number of Spark executors (each a Ray actor)."""
+    spark_executor_cores: int = 1
+    """CPU cores per Spark executor."""
+    spark_executor_memory: str = "2g"
+    """Memory per Spark executor (JVM heap), e.g. ``2g``."""
+    spark_driver_memory: str = "2g"
+    """Memory of the Spark driver JVM, e.g. ``2g``."""
+    release_spark_for_training: bool = True
+    """Stop Spark once the data sets are in Ray's object store, so training gets its CPUs back."""
+
+    def __post_init__(self) -> None:
+        require(self.num_cpus is None or self.num_cpus >= 1, f"num_cpus must be >= 1, but got {self.num_cpus}")
+        require(self.spark_executors >= 1, f"spark_executors must be >= 1, but got {self.spark_executors}")
+        require(
+            self.spark_executor_cores >= 1,
+            f"spark_executor_cores must be >= 1, but got {self.spark_executor_cores}",
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the labelled images come from and how they are validated and split."""
+
+    source: Literal["fashion_mnist", "parquet"] = "fashion_mnist"
+    """``fashion_mnist``: the IDX files under ``path``; ``parquet``: tables with ``pixels`` and ``label`` columns."""
+    path: str = "/usr/share/datasets/fashion-mnist"
+    """Directory of the IDX files, or the Parquet training table."""
+    test_path: str | None = None
+    """Parquet test table (``parquet`` source only; the IDX source has its own 10k test set)."""
+    image_size: int = 28
+    """Height and width of the square images; rows must hold ``image_size**2`` pixels."""
+    num_classes: int = 10
+    """Labels must be integers in ``[0, num_classes)``."""
+    label_names: tuple[str, ...] = ()
+    """Names of the classes, by label; empty means the source's own names (or the numbers)."""
+    val_fraction: float = 0.1
+    """Fraction of each class of the training table held out for validation."""
+    seed: int = 0
+    """Seed of the stratified train/validation split."""
+    max_train_rows: int | None = None
+    """Use only the first N rows of the training table (quick runs and tests)."""
+    max_test_rows: int | None = None
+    """Use only the first N rows of the test table."""
+    blocks_per_split: int = 4
+    """Spark partitions (hence Ray blocks) per split."""
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 2, f"image_size must be >= 2, but got {self.image_size}")
+        require(self.num_classes >= 2, f"num_classes must be >= 2, but got {self.num_classes}")
+        require(
+            not self.label_names or len(self.label_names) == self.num_classes,
+            f"label_names must have num_classes={self.num_classes} entries, but got {len(self.label_names)}",
+        )
+        require(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), but got {self.val_fraction}")
+        for key in ("max_train_rows", "max_test_rows"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"{key} must be >= 1, but got {value}")
+        require(self.blocks_per_split >= 1, f"blocks_per_split must be >= 1, but got {self.blocks_per_split}")
+        require(
+            self.source == "parquet" or self.test_path is None,
+            "test_path is only read for source='parquet'; the fashion_mnist source has its own test set",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The one training loop's settings (Ray Train ``TorchTrainer``)."""
+
+    max_epochs: int = 10
+    """Epochs per trial (ASHA may stop a trial earlier)."""
+    batch_size: int = 128
+    """Samples per optimiser step per worker, before gradient accumulation."""
+    grad_accum_steps: int = 1
+    """Micro-batches whose gradients are summed before each optimiser step."""
+    optimizer: Optimizer = "adamw"
+    """``sgd`` (with Nesterov momentum) or ``adamw``."""
+    lr: float = 2e-3
+    """Peak learning rate (reached after warm-up)."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by AdamW)."""
+    weight_decay: float = 1e-4
+    """Decoupled weight decay (AdamW) or L2 penalty (SGD)."""
+    schedule: Schedule = "onecycle"
+    """Learning-rate schedule after warm-up."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up from 0 to ``lr`` over this many epochs (fractions allowed)."""
+    step_epochs: int = 3
+    """``step`` schedule: epochs between decays."""
+    step_gamma: float = 0.3
+    """``step`` schedule: multiplier at each decay."""
+    min_lr_ratio: float = 0.0
+    """``cosine``/``onecycle``: final learning rate as a fraction of ``lr``."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy loss."""
+    precision: Precision = "fp32"
+    """Autocast precision: ``bf16`` works on CPU and GPU, ``fp16`` on GPU only."""
+    num_workers: int = 1
+    """Ray Train workers (DDP when more than one)."""
+    cpus_per_worker: int = 1
+    """CPUs reserved by each training worker (also its torch thread count)."""
+    use_gpu: bool = False
+    """Give each worker one GPU."""
+    eval_batch_size: int = 1024
+    """Batch size for validation and test evaluation."""
+    seed: int = 0
+    """Seed of weight initialisation and data order."""
+
+    def __post_init__(self) -> None:
+        require(self.max_epochs >= 1, f"max_epochs must be >= 1, but got {self.max_epochs}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, but got {self.batch_size}")
+        require(self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, but got {self.grad_accum_steps}")
+        require(self.lr > 0, f"lr must be > 0, but got {self.lr}")
+        require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), but got {self.momentum}")
+        require(self.weight_decay >= 0, f"weight_decay must be >= 0, but got {self.weight_decay}")
+        require(
+            0.0 <= self.warmup_epochs < self.max_epochs,
+            f"warmup_epochs must be in [0, max_epochs={self.max_epochs}), but got {self.warmup_epochs}",
+        )
+        require(self.step_epochs >= 1, f"step_epochs must be >= 1, but got {self.step_epochs}")
+        require(0.0 < self.step_gamma <= 1.0, f"step_gamma must be in (0, 1], but got {self.step_gamma}")
+        require(0.0 <= self.min_lr_ratio < 1.0, f"min_lr_ratio must be in [0, 1), but got {self.min_lr_ratio}")
+        require(
+            0.0 <= self.label_smoothing < 1.0,
+            f"label_smoothing must be in [0, 1), but got {self.label_smoothing}",
+        )
+        require(self.num_workers >= 1, f"num_workers must be >= 1, but got {self.num_workers}")
+        require(self.cpus_per_worker >= 1, f"cpus_per_worker must be >= 1, but got {self.cpus_per_worker}")
+        require(
+            self.precision != "fp16" or self.use_gpu,
+            "precision='fp16' needs use_gpu=true (CPU autocast supports bf16 only)",
+        )
+        require(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, but got {self.eval_batch_size}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune search: Optuna TPE proposes, ASHA stops early."""
+
+    search_space: str = "search_spaces/cnn_fashion_mnist.yaml"
+    """YAML file of Optuna distributions keyed by dotted config keys (relative paths: from the config file)."""
+    num_samples: int = 8
+    """Number of trials."""
+    max_concurrent: int | None = None
+    """Trials at once; ``null`` sizes it from the cluster's CPUs (GPUs) and each trial's workers."""
+    metric: TuneMetric = "val_accuracy"
+    """Validation metric that ASHA and Optuna optimise."""
+    grace_period: int = 1
+    """ASHA: epochs every trial runs before it can be stopped."""
+    reduction_factor: int = 3
+    """ASHA: only the top 1/reduction_factor of trials continue at each rung."""
+    seed: int = 0
+    """Seed of Optuna's TPE sampler."""
+    n_startup_trials: int = 3
+    """Random trials before TPE starts modelling."""
+    time_budget_s: float | None = None
+    """Stop starting new trials after this many seconds (``null``: no limit)."""
+
+    def __post_init__(self) -> None:
+        require(self.num_samples >= 1, f"num_samples must be >= 1, but got {self.num_samples}")
+        require(
+            self.max_concurrent is None or self.max_concurrent >= 1,
+            f"max_concurrent must be >= 1, but got {self.max_concurrent}",
+        )
+        require(self.grace_period >= 1, f"grace_period must be >= 1, but got {self.grace_period}")
+        require(self.reduction_factor >= 2, f"reduction_factor must be >= 2, but got {self.reduction_factor}")
+        require(self.n_startup_trials >= 1, f"n_startup_trials must be >= 1, but got {self.n_startup_trials}")
+        require(
+            self.time_budget_s is None or self.time_budget_s > 0,
+            f"time_budget_s must be > 0, but got {self.time_budget_s}",
+        )
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """Whether ``metric`` is minimised or maximised."""
+        return "min" if self.metric == "val_loss" else "max"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: ``hybrid tune CONFIG.yaml`` reads one of these."""
+
+    name: str = "run"
+    """Run name: outputs go to ``<runs_dir>/<name>/``."""
+    runs_dir: str = "runs"
+    """Parent directory of run directories (relative paths: from the working directory)."""
+    model_name: str = "cnn"
+    """Model family (``model.name`` in YAML)."""
+    model: Any = None
+    """Architecture config of the family (``model.*`` in YAML)."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Ray and Spark-on-Ray."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Ingest."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training loop."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Search."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.name) and "/" not in self.name, f"name must be a non-empty file name, but got {self.name!r}")
+        family = get_family(self.model_name)
+        if self.model is None:
+            object.__setattr__(self, "model", family.config_cls())
+        require(
+            isinstance(self.model, family.config_cls),
+            f"model must be a {family.config_cls.__name__} for model.name={self.model_name!r}",
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        """Directory holding everything this run writes."""
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config in the same shape as the YAML it was read from."""
+        out = to_dict(self)
+        out["model"] = {"name": out.pop("model_name"), **out["model"]}
+        return out
+
+
+_SECTIONS = {"runtime": RuntimeConfig, "data": DataConfig, "train": TrainConfig, "tune": TuneConfig}
+_TOP_KEYS = {"name", "runs_dir", "model", *_SECTIONS}
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from the plain data of a YAML file.
+
+    Raises:
+        ConfigError: On unknown keys, wrong types or values out of range.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, but got {type(raw).__name__}")
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"unknown config key '{key}'{did_you_mean(str(key), _TOP_KEYS)}")
+    model_raw = dict(raw.get("model") or {})
+    model_name = model_raw.pop("name", "cnn")
+    kwargs: dict[str, Any] = {
+        key: from_dict(cls, raw.get(key) or {}, prefix=key) for key, cls in _SECTIONS.items()
+    }
+    for key in ("name", "runs_dir"):
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise ConfigError(f"{key} must be a string, but got {raw[key]!r}")
+            kwargs[key] = raw[key]
+    return Config(model_name=model_name, model=model_config(model_name, model_raw), **kwargs)
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``key.sub=value`` overrides applied (values parsed as YAML).
+
+    Raises:
+        ConfigError: If an override is not of the form ``key=value``.
+    """
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes key=value (e.g. tune.num_samples=4), but got {item!r}")
+        set_dotted(out, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    return out
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``key='a.b'``, creating sections as needed."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{key}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML run config, apply ``--set`` overrides and validate.
+
+    Relative ``tune.search_space`` paths are resolved against the config file's directory, then
+    against the working directory.
+
+    Raises:
+        ConfigError: On a missing file, invalid YAML, unknown keys or invalid values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    config = config_from_dict(apply_overrides(raw, overrides))
+    space = Path(config.tune.search_space)
+    if not space.is_absolute() and not space.exists():
+        for base in (path.parent, path.parent.parent):
+            if (base / space).exists():
+                space = base / space
+                break
+    return dataclasses.replace(config, tune=dataclasses.replace(config.tune, search_space=str(space)))
+
+
+def check_paths(config: Config, *, need_search_space: bool = True) -> None:
+    """Fail early, with the key and path, when an input the run reads is missing.
+
+    Raises:
+        ConfigError: Naming the first missing path.
+    """
+    checks = [("data.path", config.data.path)]
+    if config.data.test_path is not None:
+        checks.append(("data.test_path", config.data.test_path))
+    if need_search_space:
+        checks.append(("tune.search_space", config.tune.search_space))
+    for key, value in checks:
+        if not Path(value).exists():
+            hint = ""
+            if key == "data.path" and config.data.source == "fashion_mnist":
+                hint = " (install it with `apt-get install dataset-fashion-mnist`, or pass --set data.path=DIR)"
+            raise ConfigError(f"{key}: path {value!r} does not exist{hint}")

@@ -1,0 +1,78 @@
+"""The model registry: one ``create_model(name, **config)`` factory over every model family.
+
+A family registers its name, its frozen config dataclass and its ``nn.Module`` builder. Everything
+else in hybrid (training, tuning, artifacts) only ever names a family and passes a config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from hybrid._dataclass_io import from_dict
+from hybrid.errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A registered model family."""
+
+    name: str
+    """Registry key, as written in configs (``model.name``)."""
+    config_cls: type
+    """Frozen dataclass describing one architecture of the family."""
+    build: Callable[[Any], nn.Module]
+    """Builds the module from an instance of ``config_cls``."""
+    input_columns: tuple[str, ...]
+    """Dataset columns fed to ``forward`` positionally, in this order."""
+
+
+_REGISTRY: dict[str, ModelFamily] = {}
+
+
+def register_model(
+    name: str, config_cls: type, build: Callable[[Any], nn.Module], *, input_columns: tuple[str, ...]
+) -> None:
+    """Register a model family under ``name`` (re-registering the same name replaces it)."""
+    _REGISTRY[name] = ModelFamily(name=name, config_cls=config_cls, build=build, input_columns=input_columns)
+
+
+def list_models() -> list[str]:
+    """Names of the registered model families."""
+    return sorted(_REGISTRY)
+
+
+def get_family(name: str) -> ModelFamily:
+    """Return the family registered as ``name``.
+
+    Raises:
+        ConfigError: If no family has that name.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"model.name must be one of {list_models()}, but got {name!r}{did_you_mean(name, _REGISTRY)}"
+        ) from None
+
+
+def model_config(name: str, params: Mapping[str, Any]) -> Any:
+    """Build and validate the config dataclass of family ``name`` from plain ``params``."""
+    return from_dict(get_family(name).config_cls, params, prefix="model")
+
+
+def create_model(name: str, **config: Any) -> nn.Module:
+    """Create a model of family ``name`` from keyword config values (or ``config=<dataclass>``).
+
+    Raises:
+        ConfigError: On an unknown family, an unknown config key or an invalid value.
+    """
+    family = get_family(name)
+    if set(config) == {"config"} and isinstance(config["config"], family.config_cls):
+        cfg = config["config"]
+    else:
+        cfg = model_config(name, config)
+    return family.build(cfg)
