@@ -1,0 +1,267 @@
+"""Start and stop Ray and Spark-on-Ray (RayDP) with the settings the stack needs.
+
+This is an edge module: it owns processes and temp files. Library functions elsewhere take a
+``SparkSession`` or ``ray.data.Dataset`` and never start anything themselves.
+
+Required settings (see the README's "Stack" section):
+- JDK 17 ``--add-opens`` flags on the RayDP app master, executors and driver, or the first
+  Spark -> Ray conversion kills the app master and the next call hangs;
+- the Ray dashboard on, because Ray Train V2 frees a stopped trial's placement group through it;
+- loopback addresses for the Spark driver, and ``PYSPARK_PYTHON`` set to this interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hybrid.config import RuntimeConfig
+from hybrid.errors import RuntimeStartError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+_OPENS = (
+    "java.lang",
+    "java.lang.invoke",
+    "java.io",
+    "java.net",
+    "java.nio",
+    "java.math",
+    "java.text",
+    "java.util",
+    "java.util.concurrent",
+    "java.util.concurrent.atomic",
+    "sun.nio.ch",
+    "sun.nio.cs",
+    "sun.security.action",
+    "sun.util.calendar",
+)
+JAVA_OPTIONS = " ".join(
+    ["-XX:+IgnoreUnrecognizedVMOptions", *(f"--add-opens=java.base/{pkg}=ALL-UNNAMED" for pkg in _OPENS)]
+)
+
+
+def spark_configs(config: RuntimeConfig) -> dict[str, str]:
+    """Spark settings for RayDP: JDK 17 module flags, loopback networking, Arrow, quiet UI."""
+    return {
+        "spark.ray.raydp_app_master.extraJavaOptions": JAVA_OPTIONS,
+        "spark.executor.extraJavaOptions": JAVA_OPTIONS,
+        "spark.driver.extraJavaOptions": JAVA_OPTIONS,
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.memory": config.spark_driver_memory,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": str(max(2, config.spark_executors * config.spark_executor_cores * 2)),
+        "spark.executorEnv.PYSPARK_PYTHON": sys.executable,
+    }
+
+
+def _set_process_env() -> None:
+    # Spark reads these from the environment of the driver process; they are not user knobs.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+
+    # Ray would otherwise warn on every worker start that it overrides this.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@dataclass
+class Runtime:
+    """Handles to a running Ray and, while it is up, Spark-on-Ray."""
+
+    config: RuntimeConfig
+    owns_ray: bool = False
+    spark: SparkSession | None = None
+    session_dir: Path | None = None
+    _tmp_before: set[Path] = field(default_factory=set)
+    _token_existed: bool = True
+
+    def start_spark(self, app_name: str = "hybrid") -> SparkSession:
+        """Start Spark on Ray through RayDP (no-op if already running) and return the session."""
+        if self.spark is not None:
+            return self.spark
+        import raydp
+
+        t0 = time.perf_counter()
+        try:
+            self.spark = raydp.init_spark(
+                app_name=app_name,
+                num_executors=self.config.spark_executors,
+                executor_cores=self.config.spark_executor_cores,
+                executor_memory=self.config.spark_executor_memory,
+                configs=spark_configs(self.config),
+            )
+        except Exception as err:  # RayDP raises bare Exceptions; keep the cause chained
+            raise RuntimeStartError(f"could not start Spark on Ray through RayDP: {err}") from err
+        self.spark.sparkContext.setLogLevel("ERROR")
+        log.info("Spark on Ray started in %.1f s", time.perf_counter() - t0)
+        return self.spark
+
+    def stop_spark(self) -> None:
+        """Stop Spark-on-Ray; Ray datasets that were materialised beforehand stay valid."""
+        if self.spark is None:
+            return
+        import raydp
+
+        with _quiet_stderr_fd():
+            raydp.stop_spark(cleanup_data=True)
+        self.spark = None
+
+    def cluster_resources(self) -> dict[str, float]:
+        """Total resources of the Ray cluster (CPU, GPU, memory...)."""
+        import ray
+
+        return dict(ray.cluster_resources())
+
+    def shutdown(self) -> None:
+        """Stop Spark, then Ray if this runtime started it, and remove the temp files they made."""
+        try:
+            self.stop_spark()
+        finally:
+            if self.owns_ray:
+                import ray
+
+                ray.shutdown()
+                self._remove_temp_files()
+
+    def _remove_temp_files(self) -> None:
+        # What our local Ray and RayDP left: our session dir, the Java core-worker library RayDP
+        # unpacks (~40 MB per start, in a numbered dir), and links that now dangle (a dangling
+        # session_latest is kept by the next Ray, and RayDP then fails to create its log dir).
+        # Another Ray may run beside us: only remove numbered dirs no live process has mapped.
+        if self.session_dir is not None:
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+        new = [p for p in _ray_tmp_entries() - self._tmp_before if p.name.isdigit() and p.is_dir()]
+        if new:
+            mapped = _mapped_paths()
+            for path in new:
+                if not any(m.startswith(f"{path}/") for m in mapped):
+                    shutil.rmtree(path, ignore_errors=True)
+        for path in _ray_tmp_entries():
+            if path.is_symlink() and not path.exists():
+                path.unlink(missing_ok=True)
+        if not self._token_existed and not _other_ray_running():
+            _AUTH_TOKEN.unlink(missing_ok=True)
+
+
+def _other_ray_running() -> bool:
+    """Whether some Ray cluster is still up on this machine (it may read the auth token)."""
+    import psutil
+
+    return any(p.info["name"] == "gcs_server" for p in psutil.process_iter(["name"]))
+
+
+def _mapped_paths() -> set[str]:
+    """Files memory-mapped by any live process (read from /proc; empty where unreadable)."""
+    paths: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            for line in maps.read_text().splitlines():
+                if "/tmp/ray/" in line:
+                    paths.add(line.split(maxsplit=5)[-1])
+    return paths
+
+
+_RAY_TMP = Path("/tmp/ray")
+_AUTH_TOKEN = Path.home() / ".ray" / "auth_token"
+
+
+def _ray_tmp_entries() -> set[Path]:
+    return set(_RAY_TMP.iterdir()) if _RAY_TMP.is_dir() else set()
+
+
+@contextlib.contextmanager
+def _quiet_stderr_fd() -> Iterator[None]:
+    """Silence the JVM's shutdown chatter (log4j "Reconfiguration failed") on file descriptor 2."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def start_ray(config: RuntimeConfig) -> Runtime:
+    """Connect to ``config.ray_address`` or start a local Ray sized by ``config.num_cpus``.
+
+    Raises:
+        RuntimeStartError: If Ray cannot be started or reached.
+    """
+    import ray
+
+    _set_process_env()
+    if ray.is_initialized():
+        return Runtime(config=config, owns_ray=False)
+    tmp_before, token_existed = _ray_tmp_entries(), _AUTH_TOKEN.exists()
+    kwargs: dict[str, Any] = {
+        "include_dashboard": True,  # Train V2 cleans up stopped trials through the state API
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+        "configure_logging": True,
+    }
+    if config.ray_address is None:
+        kwargs["num_cpus"] = config.num_cpus or os.cpu_count() or 1
+        kwargs["runtime_env"] = {"env_vars": {"PYSPARK_PYTHON": sys.executable}}
+    t0 = time.perf_counter()
+    try:
+        ray.init(address=config.ray_address, **kwargs)
+    except Exception as err:
+        where = config.ray_address or "a local Ray"
+        raise RuntimeStartError(f"could not start or reach {where}: {err}") from err
+    session_dir = None
+    if config.ray_address is None:
+        with contextlib.suppress(Exception):
+            session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
+    log.info("Ray ready in %.1f s: %s", time.perf_counter() - t0, ray.cluster_resources())
+    return Runtime(
+        config=config,
+        owns_ray=config.ray_address is None,
+        session_dir=session_dir,
+        _tmp_before=tmp_before,
+        _token_existed=token_existed,
+    )
+
+
+@contextlib.contextmanager
+def running(config: RuntimeConfig, *, with_spark: bool = True) -> Iterator[Runtime]:
+    """Context manager: Ray (and Spark on it) up inside, shut down and cleaned up on exit.
+
+    Ctrl-C (SIGINT) and SIGTERM both unwind through the ``finally`` so nothing is left running.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def _on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, _on_term)
+    runtime = start_ray(config)
+    try:
+        if with_spark:
+            runtime.start_spark()
+        yield runtime
+    finally:
+        runtime.shutdown()
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
