@@ -1,0 +1,313 @@
+"""The one training loop, run by Ray Train's ``TorchTrainer`` for every model family and every trial.
+
+Each worker reads its shard with ``iter_torch_batches``, trains with the configured optimiser,
+schedule, accumulation and precision, then evaluates on its validation shard. Confusion matrices
+are summed across workers, so the reported metrics are exact for any number of workers. Rank 0
+writes a checkpoint (safetensors + JSON) with every report.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrid._dataclass_io import from_dict, to_dict
+from hybrid.config import TrainConfig
+from hybrid.errors import TrainingError
+from hybrid.metrics import classification_metrics, confusion_matrix
+from hybrid.models import create_model, get_family, model_config
+from hybrid.schedules import build_scheduler
+
+if TYPE_CHECKING:
+    import ray.data
+    from ray.train import Checkpoint
+
+LABEL = "label"
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """Everything one training run needs, as plain data that crosses to Ray workers."""
+
+    model_name: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+    num_classes: int
+    train_rows: int
+    """Rows of the whole training split (each worker sees about ``train_rows / num_workers``)."""
+    metadata: dict[str, Any]
+    """Extra fields written into every checkpoint's ``model.json`` (normaliser, label names...)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``train_loop_config`` handed to ``TorchTrainer``."""
+        return to_dict(self)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay) or SGD with Nesterov momentum; no weight decay on norms and biases."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def autocast_context(config: TrainConfig, device: torch.device) -> Any:
+    """Autocast for ``bf16``/``fp16``, a no-op for ``fp32``."""
+    if config.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def model_inputs(batch: dict[str, torch.Tensor], columns: Sequence[str]) -> list[torch.Tensor]:
+    """The tensors ``forward`` takes, in the family's declared column order."""
+    return [batch[c] for c in columns]
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    columns: Sequence[str],
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    epoch: int = 0,
+) -> tuple[float, int]:
+    """One pass over ``batches``; returns ``(mean training loss, samples seen)``.
+
+    Raises:
+        TrainingError: On a NaN or infinite loss, so that the run (or trial) fails loudly.
+    """
+    model.train()
+    total_loss, seen, micro = 0.0, 0, 0
+    optimizer.zero_grad(set_to_none=True)
+    for step, batch in enumerate(batches):
+        labels = batch[LABEL].to(device).long()
+        with autocast_context(config, device):
+            logits = model(*(x.to(device) for x in model_inputs(batch, columns)))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged")
+        scaled = loss / config.grad_accum_steps
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        micro += 1
+        if micro == config.grad_accum_steps:
+            _optimizer_step(optimizer, scheduler, scaler)
+            micro = 0
+        total_loss += loss.item() * len(labels)
+        seen += len(labels)
+    if micro:
+        _optimizer_step(optimizer, scheduler, scaler)
+    return (total_loss / seen if seen else float("nan")), seen
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    num_classes: int,
+    columns: Sequence[str],
+    device: torch.device,
+    config: TrainConfig | None = None,
+) -> tuple[np.ndarray, float, int]:
+    """Return ``(confusion matrix, summed cross-entropy, samples)`` of ``model`` over ``batches``."""
+    model.eval()
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    loss_sum, seen = 0.0, 0
+    ctx = autocast_context(config, device) if config is not None else nullcontext()
+    for batch in batches:
+        labels = batch[LABEL].to(device).long()
+        with ctx:
+            logits = model(*(x.to(device) for x in model_inputs(batch, columns))).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        cm += confusion_matrix(labels.cpu().numpy(), logits.argmax(dim=1).cpu().numpy(), num_classes)
+        seen += len(labels)
+    return cm, loss_sum, seen
+
+
+def _all_reduce_sum(array: np.ndarray) -> np.ndarray:
+    """Sum an array across Ray Train workers (identity with one worker)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return array
+    tensor = torch.as_tensor(array, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.numpy()
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point: build the model from ``loop_config`` (a :class:`LoopSpec`) and train it."""
+    import ray.train
+    import ray.train.torch
+
+    spec = LoopSpec(**loop_config)
+    config = from_dict(TrainConfig, spec.train, prefix="train")
+    family = get_family(spec.model_name)
+    arch = model_config(spec.model_name, spec.model)
+    context = ray.train.get_context()
+    world, rank = context.get_world_size(), context.get_world_rank()
+
+    torch.manual_seed(config.seed)
+    if not config.use_gpu:
+        torch.set_num_threads(config.cpus_per_worker)
+    model = ray.train.torch.prepare_model(create_model(spec.model_name, config=arch))
+    device = ray.train.torch.get_device()
+    optimizer = make_optimizer(model, config)
+    rows_per_worker = math.ceil(spec.train_rows / world)
+    micro_batches = max(1, rows_per_worker // config.batch_size)  # drop_last below
+    steps_per_epoch = math.ceil(micro_batches / config.grad_accum_steps)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(config.max_epochs):
+        t0 = time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=config.batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=min(spec.train_rows, 8 * config.batch_size + 4096),
+            local_shuffle_seed=config.seed * 10_000 + epoch,
+        )
+        train_loss, seen = train_epoch(
+            model, batches, optimizer=optimizer, scheduler=scheduler, config=config,
+            columns=family.input_columns, device=device, scaler=scaler, epoch=epoch,
+        )
+        train_time = time.perf_counter() - t0
+        cm, loss_sum, n_val = evaluate_batches(
+            model, val_shard.iter_torch_batches(batch_size=config.eval_batch_size),
+            num_classes=spec.num_classes, columns=family.input_columns, device=device, config=config,
+        )
+        totals = _all_reduce_sum(np.concatenate([cm.ravel(), [loss_sum, n_val, train_loss * seen, seen]]))
+        k = spec.num_classes * spec.num_classes
+        cm, (loss_sum, n_val, train_loss_sum, seen_all) = totals[:k].reshape(cm.shape).astype(np.int64), totals[k:]
+        scores = classification_metrics(cm)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": float(train_loss_sum / max(seen_all, 1)),
+            "val_loss": float(loss_sum / max(n_val, 1)),
+            **{f"val_{name}": value for name, value in scores.items()},
+            "lr": float(scheduler.get_last_lr()[0]),
+            "epoch_time_s": time.perf_counter() - t0,
+            "train_samples_per_s": float(seen_all / train_time) if train_time > 0 else 0.0,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                from hybrid.artifacts import save_model
+                from ray.train import Checkpoint
+
+                save_model(
+                    tmp, model, family=spec.model_name, config=arch, epoch=epoch + 1,
+                    val_metrics=scores, val_confusion_matrix=cm.tolist(), train=spec.train, **spec.metadata,
+                )
+                checkpoint = Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def build_trainer(
+    spec: LoopSpec,
+    datasets: dict[str, ray.data.Dataset],
+    *,
+    storage_path: str | Path,
+    name: str,
+    metric: str = "val_accuracy",
+    mode: str = "max",
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """A ``TorchTrainer`` running :func:`train_loop_per_worker` on ``datasets['train']`` and ``['val']``.
+
+    Keeps only the best checkpoint by ``metric``; a failure is not retried (a diverged trial
+    should fail, not restart).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    config = from_dict(TrainConfig, spec.train, prefix="train")
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=spec.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
+        ),
+        datasets={"train": datasets["train"], "val": datasets["val"]},
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
+            failure_config=FailureConfig(max_failures=0),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one model on one split."""
+
+    metrics: dict[str, float]
+    """``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``, ``loss``."""
+    confusion_matrix: list[list[int]]
+    rows: int
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: ray.data.Dataset,
+    *,
+    model_name: str,
+    num_classes: int,
+    batch_size: int = 1024,
+) -> EvalResult:
+    """Evaluate ``model`` on a Ray dataset in this process (the driver); exact over every row."""
+    family = get_family(model_name)
+    batches = dataset.iter_torch_batches(batch_size=batch_size)
+    cm, loss_sum, rows = evaluate_batches(
+        model, batches, num_classes=num_classes, columns=family.input_columns, device=torch.device("cpu")
+    )
+    metrics = classification_metrics(cm)
+    metrics["loss"] = loss_sum / max(rows, 1)
+    return EvalResult(metrics=metrics, confusion_matrix=cm.tolist(), rows=rows)
+
+
+def checkpoint_dir(checkpoint: Checkpoint | str) -> Path:
+    """Local directory of a Ray Train checkpoint (or a path string reported to Tune)."""
+    return Path(checkpoint if isinstance(checkpoint, str) else checkpoint.path)
