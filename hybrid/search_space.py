@@ -1,0 +1,111 @@
+"""Search spaces are data: YAML files of Optuna distributions keyed by dotted config keys.
+
+Each entry is written in Optuna's own JSON format for distributions
+(``optuna.distributions.distribution_to_json``), so a file round-trips through Optuna unchanged::
+
+    train.lr:
+      name: FloatDistribution
+      attributes: {low: 0.0005, high: 0.005, log: true, step: null}
+    model.pooling:
+      name: CategoricalDistribution
+      attributes: {choices: [max, avg]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+    json_to_distribution,
+)
+
+from hybrid.config import Config, config_from_dict, set_dotted
+from hybrid.errors import ConfigError, did_you_mean
+
+TUNABLE_SECTIONS = ("model", "train")
+"""Config sections a search space may set."""
+
+
+def load_search_space(path: str | Path) -> dict[str, BaseDistribution]:
+    """Read a search-space YAML file into Optuna distributions.
+
+    Raises:
+        ConfigError: If the file is missing, not a mapping, or an entry is not a valid distribution.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"tune.search_space: file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: a search space must be a non-empty mapping of config keys to distributions")
+    space = {}
+    for key, entry in raw.items():
+        try:
+            space[str(key)] = json_to_distribution(json.dumps(entry))
+        except Exception as err:  # optuna raises ValueError/KeyError/TypeError for malformed entries
+            raise ConfigError(
+                f"{path}: '{key}' is not an Optuna distribution "
+                f"(expected {{name: FloatDistribution|IntDistribution|CategoricalDistribution, attributes: ...}}): {err}"
+            ) from None
+    return space
+
+
+def dump_search_space(space: dict[str, BaseDistribution]) -> str:
+    """YAML text of ``space`` in the same format :func:`load_search_space` reads."""
+    return yaml.safe_dump({k: json.loads(distribution_to_json(v)) for k, v in space.items()}, sort_keys=False)
+
+
+def extremes(dist: BaseDistribution) -> list[Any]:
+    """Values at the edges of ``dist``: low and high, or every categorical choice."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution | FloatDistribution):
+        return [dist.low, dist.high]
+    raise ConfigError(f"unsupported distribution {type(dist).__name__}")
+
+
+def apply_params(config: Config, params: dict[str, Any]) -> Config:
+    """Return ``config`` with dotted ``params`` (one trial's sample) applied and validated.
+
+    Raises:
+        ConfigError: If a key is unknown or a value breaks a config rule.
+    """
+    raw = config.to_dict()
+    for key, value in params.items():
+        set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def check_search_space(space: dict[str, BaseDistribution], config: Config) -> None:
+    """Check every key names a real ``model``/``train`` field and every edge value is a valid config.
+
+    Raises:
+        ConfigError: Naming the key (with a did-you-mean hint) or the edge value that is invalid.
+    """
+    fields = {
+        "model": {f.name for f in dataclasses.fields(config.model)},
+        "train": {f.name for f in dataclasses.fields(config.train)},
+    }
+    for key, dist in space.items():
+        section, _, name = key.partition(".")
+        if section not in TUNABLE_SECTIONS:
+            raise ConfigError(f"search space key '{key}' must start with one of {list(TUNABLE_SECTIONS)}")
+        if name not in fields[section]:
+            raise ConfigError(
+                f"search space key '{key}' is not a field of the {section} config"
+                f"{did_you_mean(name, fields[section])}"
+            )
+        for value in extremes(dist):
+            try:
+                apply_params(config, {key: value})
+            except ConfigError as err:
+                raise ConfigError(f"search space key '{key}': value {value!r} is invalid: {err}") from None
