@@ -85,7 +85,10 @@ class Runtime:
     """Handles to a running Ray and, while it is up, Spark-on-Ray."""
 
     config: RuntimeConfig
-    owns_ray: bool = False
+    connected: bool = False
+    """This runtime called ``ray.init`` (and so calls ``ray.shutdown``)."""
+    owns_cluster: bool = False
+    """This runtime started the local Ray cluster (and so removes its temp files)."""
     spark: SparkSession | None = None
     session_dir: Path | None = None
     _tmp_before: set[Path] = field(default_factory=set)
@@ -118,9 +121,18 @@ class Runtime:
             return
         import raydp
 
+        import ray
+
+        freed = float(self.config.spark_executors * self.config.spark_executor_cores)
+        target = min(ray.available_resources().get("CPU", 0.0) + freed, ray.cluster_resources().get("CPU", 0.0))
         with _quiet_stderr_fd():
             raydp.stop_spark(cleanup_data=True)
         self.spark = None
+        # Executors are Ray actors that exit asynchronously: wait until their CPUs are back, so
+        # that whatever is sized next from the free resources (Tune's concurrency) sees them.
+        deadline = time.monotonic() + 30
+        while ray.available_resources().get("CPU", 0.0) < target and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def cluster_resources(self) -> dict[str, float]:
         """Total resources of the Ray cluster (CPU, GPU, memory...)."""
@@ -133,10 +145,11 @@ class Runtime:
         try:
             self.stop_spark()
         finally:
-            if self.owns_ray:
+            if self.connected:
                 import ray
 
                 ray.shutdown()
+            if self.owns_cluster:
                 self._remove_temp_files()
 
     def _remove_temp_files(self) -> None:
@@ -212,15 +225,11 @@ def start_ray(config: RuntimeConfig) -> Runtime:
 
     _set_process_env()
     if ray.is_initialized():
-        return Runtime(config=config, owns_ray=False)
+        return Runtime(config=config)
     tmp_before, token_existed = _ray_tmp_entries(), _AUTH_TOKEN.exists()
-    kwargs: dict[str, Any] = {
-        "include_dashboard": True,  # Train V2 cleans up stopped trials through the state API
-        "logging_level": logging.WARNING,
-        "log_to_driver": True,
-        "configure_logging": True,
-    }
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if config.ray_address is None:
+        kwargs["include_dashboard"] = True  # Train V2 cleans up stopped trials through the state API
         kwargs["num_cpus"] = config.num_cpus or os.cpu_count() or 1
         kwargs["runtime_env"] = {"env_vars": {"PYSPARK_PYTHON": sys.executable}}
     t0 = time.perf_counter()
@@ -236,7 +245,8 @@ def start_ray(config: RuntimeConfig) -> Runtime:
     log.info("Ray ready in %.1f s: %s", time.perf_counter() - t0, ray.cluster_resources())
     return Runtime(
         config=config,
-        owns_ray=config.ray_address is None,
+        connected=True,
+        owns_cluster=config.ray_address is None,
         session_dir=session_dir,
         _tmp_before=tmp_before,
         _token_existed=token_existed,

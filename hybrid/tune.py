@@ -301,9 +301,16 @@ def _record(result: Any, config: Config) -> TrialRecord:
         history=[{k: _plain(r[k]) for k in keep if k in r} for r in history],
         best={k: _plain(best_row[k]) for k in keep if k in best_row},
         checkpoint_path=best_row.get("checkpoint_path"),
-        error=None if result.error is None else str(result.error).splitlines()[0][:500],
+        error=None if result.error is None else _error_text(result.error),
         duration_s=float(max((r.get("time_total_s", 0.0) for r in history), default=0.0)),
     )
+
+
+def _error_text(error: BaseException) -> str:
+    """The most specific line of a trial's error (Ray wraps the worker's exception in its own)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    ours = [line for line in lines if "Error:" in line and not line.startswith("ray.")]
+    return (ours[-1] if ours else lines[0] if lines else type(error).__name__)[:500]
 
 
 def _plain(value: Any) -> Any:

@@ -19,3 +19,19 @@ def _torch_single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def runtime() -> Iterator[object]:
+    """A real local Ray with real Spark on it through RayDP, shared by the integration tests."""
+    from hybrid.config import RuntimeConfig
+    from hybrid.runtime import running
+
+    with running(RuntimeConfig(num_cpus=2, spark_executor_memory="1g", spark_driver_memory="1g")) as rt:
+        yield rt
+
+
+@pytest.fixture
+def spark(runtime: object) -> object:
+    """The session's SparkSession (Spark on Ray), restarted if a test stopped it."""
+    return runtime.start_spark(app_name="hybrid-tests")  # type: ignore[attr-defined]

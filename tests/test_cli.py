@@ -1,0 +1,77 @@
+"""The ``hybrid`` command as a user runs it: a subprocess, its exit status, its run directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hybrid.artifacts import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
+
+
+def run_cli(*args: str, timeout_s: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hybrid", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=0.1", "unknown config key 'train.lrr' (did you mean 'lr'?)"),
+        ("train.lr=-1", "train.lr must be > 0, but got -1.0"),
+        ("data.path=/no/such/dir", "data.path: path '/no/such/dir' does not exist"),
+        ("tune.search_space=/no/space.yaml", "tune.search_space: path '/no/space.yaml' does not exist"),
+        ("model.kernel_size=4", "model.kernel_size must be a positive odd integer, but got 4"),
+    ],
+)
+def test_bad_config_exits_1_with_one_line_naming_the_key(override, message):
+    proc = run_cli("tune", str(CONFIG), "--set", override, timeout_s=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_on_a_slice_of_fashion_mnist_writes_the_run_directory(tmp_path):
+    proc = run_cli(
+        "tune", str(CONFIG),
+        "--set", "name=cli", "--set", f"runs_dir={tmp_path}",
+        "--set", "data.max_train_rows=2000", "--set", "data.max_test_rows=500",
+        "--set", "tune.num_samples=2", "--set", "train.max_epochs=2", "--set", "tune.n_startup_trials=2",
+        "--set", "tune.time_budget_s=null",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "cli"
+    summary = json.loads((run / "summary.json").read_text())
+
+    assert summary["data"]["rows_in"] == 2500
+    assert summary["data"]["train"] + summary["data"]["val"] == 2000
+    assert summary["data"]["test"] == 500
+    assert set(summary["data"]["quarantined"]) >= {"label_null", "pixel_count", "pixel_not_finite"}
+    tune_block = summary["tune"]
+    assert tune_block["trials"] == 2
+    assert tune_block["completed"] + tune_block["pruned"] + tune_block["failed"] == 2
+    assert set(tune_block["best_config"]) >= {"model.num_blocks", "train.lr", "train.optimizer"}
+    test = summary["models"]["teacher"]["test"]
+    assert set(test) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1"}
+    assert test["accuracy"] > 0.5  # chance is 0.1
+    assert set(summary["durations_s"]) >= {"ingest", "tune", "evaluate", "total"}
+    assert summary["peak_rss_bytes"] > 500 * 2**20
+
+    assert len(list((run / "trials").glob("*.json"))) == 2
+    assert (run / "config.yaml").is_file() and (run / "search_space.yaml").is_file()
+    model, meta = load_model(run / "teacher")
+    assert meta["test_metrics"]["accuracy"] == pytest.approx(test["accuracy"])
+    assert meta["normalizer"]["std"] > 0
+    # one progress line per finished trial
+    assert proc.stdout.count("[tune ") == 2
