@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # Progress lines must appear as they happen, also when stdout is a file or a pipe.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_known_noise()
     handler, _ = COMMANDS[args.command]

@@ -160,11 +160,16 @@ class Runtime:
         if self.session_dir is not None:
             shutil.rmtree(self.session_dir, ignore_errors=True)
         new = [p for p in _ray_tmp_entries() - self._tmp_before if p.name.isdigit() and p.is_dir()]
-        if new:
+        deadline = time.monotonic() + 10  # our JVMs may still be exiting right after ray.shutdown()
+        while new:
             mapped = _mapped_paths()
-            for path in new:
-                if not any(m.startswith(f"{path}/") for m in mapped):
-                    shutil.rmtree(path, ignore_errors=True)
+            in_use = [p for p in new if any(m.startswith(f"{p}/") for m in mapped)]
+            for path in set(new) - set(in_use):
+                shutil.rmtree(path, ignore_errors=True)
+            new = in_use
+            if not new or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         for path in _ray_tmp_entries():
             if path.is_symlink() and not path.exists():
                 path.unlink(missing_ok=True)
@@ -177,6 +182,15 @@ def _other_ray_running() -> bool:
     import psutil
 
     return any(p.info["name"] == "gcs_server" for p in psutil.process_iter(["name"]))
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
 
 
 def _mapped_paths() -> set[str]:
@@ -228,16 +242,32 @@ def start_ray(config: RuntimeConfig) -> Runtime:
         return Runtime(config=config)
     tmp_before, token_existed = _ray_tmp_entries(), _AUTH_TOKEN.exists()
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # For every Ray worker of this job: no Ray Data progress bars (Train re-runs a split per epoch
+    # and each draws bars from an actor the driver cannot configure otherwise); locally, also
+    # Spark's Python.
+    env_vars = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    os.environ.update(env_vars)
+    kwargs["runtime_env"] = {"env_vars": env_vars}
+    gcs_port = None
     if config.ray_address is None:
+        env_vars["PYSPARK_PYTHON"] = sys.executable  # a cluster's nodes have their own interpreter path
         kwargs["include_dashboard"] = True  # Train V2 cleans up stopped trials through the state API
         kwargs["num_cpus"] = config.num_cpus or os.cpu_count() or 1
-        kwargs["runtime_env"] = {"env_vars": {"PYSPARK_PYTHON": sys.executable}}
+        # Train V2's placement-group cleaner finds "its" cluster by scanning for GCS processes; with
+        # a second Ray on the machine it gives up, a stopped trial leaks its CPUs and the next trial
+        # waits forever. Fixing the GCS port lets every worker be told the address up front.
+        gcs_port = _free_port()
+        env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{gcs_port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)
     t0 = time.perf_counter()
     try:
         ray.init(address=config.ray_address, **kwargs)
     except Exception as err:
         where = config.ray_address or "a local Ray"
         raise RuntimeStartError(f"could not start or reach {where}: {err}") from err
+    finally:
+        if gcs_port is not None:  # never leak into subprocesses, which start Rays of their own
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
     session_dir = None
     if config.ray_address is None:
         with contextlib.suppress(Exception):

@@ -97,7 +97,12 @@ def default_concurrency(*, cpus: float, gpus: float, cpus_per_trial: int, gpus_p
 
 
 def _run_trial(
-    params: dict[str, Any], *, config: Config, spec_fields: dict[str, Any], datasets: dict[str, Any]
+    params: dict[str, Any],
+    *,
+    config: Config,
+    spec_fields: dict[str, Any],
+    datasets: dict[str, Any],
+    storage_path: str,
 ) -> None:
     """Tune trainable: fit one ``TorchTrainer`` with the sampled ``params`` applied."""
     import ray.tune
@@ -115,7 +120,7 @@ def _run_trial(
     trainer = build_trainer(
         spec,
         datasets,
-        storage_path=config.run_dir / "train",
+        storage_path=storage_path,  # absolute: a trial runs in a working dir of Tune's
         name=f"trial_{trial_id}",
         metric=config.tune.metric,
         mode=config.tune.mode,
@@ -239,6 +244,7 @@ def tune(
             config=config,
             spec_fields={"num_classes": config.data.num_classes, "train_rows": train_rows, "metadata": metadata},
             datasets={"train": datasets["train"], "val": datasets["val"]},
+            storage_path=str(config.run_dir.resolve() / "train"),
         ),
         {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES},
     )
