@@ -9,6 +9,8 @@ values and return values. The run directory ``runs/<name>/`` ends up holding::
     trials/<id>.json  every trial's sampled config, status and per-epoch metrics
     teacher/          the best checkpoint as a model directory (safetensors + JSON + manifest)
     summary.json      counts, best config, test metrics, durations, peak memory
+    report.html       the same as a page: trial table, optimisation history, learning curves,
+                      parameter importances, confusion matrix (self-contained, offline)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import yaml
 from hybrid.artifacts import load_model, update_metadata
 from hybrid.config import Config, check_paths
 from hybrid.monitor import PeakRSS, StageTimer
+from hybrid.report import write_report
 from hybrid.search_space import dump_search_space, load_search_space
 
 Echo = Callable[[str], None]
@@ -110,7 +113,9 @@ def run_tune(config: Config, *, echo: Echo = print) -> dict[str, Any]:
         "peak_rss_bytes": memory.peak_bytes,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = write_report(run_dir)
     echo(format_summary(summary))
+    echo(f"report: {report}")
     return summary
 
 
