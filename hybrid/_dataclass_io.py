@@ -68,6 +68,10 @@ def check_type(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, but got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, but got {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(hint):
         if dataclasses.is_dataclass(value):
             return value

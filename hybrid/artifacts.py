@@ -116,6 +116,9 @@ def update_metadata(directory: str | Path, **fields: Any) -> dict[str, Any]:
 def load_model(directory: str | Path) -> tuple[Any, dict[str, Any]]:
     """Rebuild the model saved in ``directory``; returns ``(model in eval mode, metadata)``.
 
+    A float directory (``model.safetensors``) gives an ``nn.Module``; an int8 directory written by
+    :func:`hybrid.quantize.save_quantized` gives its callable int8 model. Both map inputs to logits.
+
     Raises:
         ArtifactError: If the directory is incomplete or a file does not match the manifest.
     """
@@ -124,6 +127,11 @@ def load_model(directory: str | Path) -> tuple[Any, dict[str, Any]]:
     from hybrid.models import create_model, model_config
 
     directory = Path(directory)
+    if not (directory / WEIGHTS).exists():
+        from hybrid.quantize import MODEL_FILES, load_quantized
+
+        if any((directory / name).exists() for name in MODEL_FILES.values()):
+            return load_quantized(directory)
     meta = read_metadata(directory)
     model = create_model(meta["family"], config=model_config(meta["family"], meta["config"]))
     model.load_state_dict(load_file(str(directory / WEIGHTS)))

@@ -18,7 +18,9 @@ import yaml
 
 from hybrid._dataclass_io import from_dict, require, to_dict
 from hybrid.errors import ConfigError, did_you_mean
+from hybrid.distill import DistillConfig
 from hybrid.models import get_family, model_config
+from hybrid.quantize import QuantizeConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["constant", "step", "cosine", "onecycle"]
@@ -213,6 +215,19 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """Spark batch scoring of the shipped model (the last stage of ``hybrid run``)."""
+
+    model: Literal["auto", "teacher", "student", "student_int8"] = "auto"
+    """Which model scores: ``auto`` is the int8 student when it passed the accuracy gate, else the float student."""
+    batch_size: int = 256
+    """Rows per forward pass inside each Spark task."""
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, f"batch_size must be >= 1, but got {self.batch_size}")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: ``hybrid tune CONFIG.yaml`` reads one of these."""
 
@@ -232,6 +247,12 @@ class Config:
     """Training loop."""
     tune: TuneConfig = field(default_factory=TuneConfig)
     """Search."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Student and distillation loss."""
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    """int8 post-training quantization and its accuracy gate."""
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    """Spark batch scoring."""
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, f"name must be a non-empty file name, but got {self.name!r}")
@@ -255,7 +276,15 @@ class Config:
         return out
 
 
-_SECTIONS = {"runtime": RuntimeConfig, "data": DataConfig, "train": TrainConfig, "tune": TuneConfig}
+_SECTIONS = {
+    "runtime": RuntimeConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "tune": TuneConfig,
+    "distill": DistillConfig,
+    "quantize": QuantizeConfig,
+    "score": ScoreConfig,
+}
 _TOP_KEYS = {"name", "runs_dir", "model", *_SECTIONS}
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from hybrid._dataclass_io import from_dict, to_dict
 from hybrid.config import TrainConfig
+from hybrid.distill import TEACHER_LOGITS, distillation_loss
 from hybrid.errors import TrainingError
 from hybrid.metrics import classification_metrics, confusion_matrix
 from hybrid.models import create_model, get_family, model_config
@@ -48,6 +49,8 @@ class LoopSpec:
     """Rows of the whole training split (each worker sees about ``train_rows / num_workers``)."""
     metadata: dict[str, Any]
     """Extra fields written into every checkpoint's ``model.json`` (normaliser, label names...)."""
+    distill: dict[str, Any] | None = None
+    """``alpha`` and ``temperature`` when training a student on a ``teacher_logits`` column."""
 
     def to_dict(self) -> dict[str, Any]:
         """The ``train_loop_config`` handed to ``TorchTrainer``."""
@@ -90,8 +93,12 @@ def train_epoch(
     device: torch.device,
     scaler: torch.amp.GradScaler | None = None,
     epoch: int = 0,
+    distill: dict[str, Any] | None = None,
 ) -> tuple[float, int]:
     """One pass over ``batches``; returns ``(mean training loss, samples seen)``.
+
+    With ``distill`` (``alpha``, ``temperature``) the loss is :func:`~hybrid.distill.distillation_loss`
+    against each batch's ``teacher_logits``; otherwise cross-entropy on the labels.
 
     Raises:
         TrainingError: On a NaN or infinite loss, so that the run (or trial) fails loudly.
@@ -103,7 +110,13 @@ def train_epoch(
         labels = batch[LABEL].to(device).long()
         with autocast_context(config, device):
             logits = model(*(x.to(device) for x in model_inputs(batch, columns)))
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        if distill is not None:
+            loss = distillation_loss(
+                logits, batch[TEACHER_LOGITS].to(device), labels, alpha=distill["alpha"],
+                temperature=distill["temperature"], label_smoothing=config.label_smoothing,
+            )
+        else:
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
         if not torch.isfinite(loss):
             raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged")
         scaled = loss / config.grad_accum_steps
@@ -135,7 +148,7 @@ def _optimizer_step(
 
 @torch.no_grad()
 def evaluate_batches(
-    model: nn.Module,
+    model: nn.Module | Any,
     batches: Iterable[dict[str, torch.Tensor]],
     *,
     num_classes: int,
@@ -144,7 +157,8 @@ def evaluate_batches(
     config: TrainConfig | None = None,
 ) -> tuple[np.ndarray, float, int]:
     """Return ``(confusion matrix, summed cross-entropy, samples)`` of ``model`` over ``batches``."""
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     loss_sum, seen = 0.0, 0
     ctx = autocast_context(config, device) if config is not None else nullcontext()
@@ -205,7 +219,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         train_loss, seen = train_epoch(
             model, batches, optimizer=optimizer, scheduler=scheduler, config=config,
-            columns=family.input_columns, device=device, scaler=scaler, epoch=epoch,
+            columns=family.input_columns, device=device, scaler=scaler, epoch=epoch, distill=spec.distill,
         )
         train_time = time.perf_counter() - t0
         cm, loss_sum, n_val = evaluate_batches(
@@ -290,14 +304,15 @@ class EvalResult:
 
 
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Any,
     dataset: ray.data.Dataset,
     *,
     model_name: str,
     num_classes: int,
     batch_size: int = 1024,
 ) -> EvalResult:
-    """Evaluate ``model`` on a Ray dataset in this process (the driver); exact over every row."""
+    """Evaluate ``model`` (a module, or any callable from inputs to logits such as an int8 model) on a
+    Ray dataset in this process (the driver); exact over every row."""
     family = get_family(model_name)
     batches = dataset.iter_torch_batches(batch_size=batch_size)
     cm, loss_sum, rows = evaluate_batches(

@@ -1,0 +1,510 @@
+"""int8 post-training quantization with two backends, measured side by side.
+
+* ``torch``: ``torch.export`` -> torchao's PT2E flow (``prepare_pt2e`` / calibrate / ``convert_pt2e`` with the
+  ``X86InductorQuantizer``). The quantize/dequantize program is saved with ``torch.export.save`` (``model.pt2``:
+  JSON graph + raw tensor bytes); loading lowers it to oneDNN int8 kernels (see :mod:`hybrid._quant_torch`).
+* ``onnxruntime``: ``torch.onnx.export`` (the ``torch.export``-based exporter) -> ONNX Runtime's
+  ``quantize_static`` (QDQ format, calibrated) or ``quantize_dynamic`` -> ``model.onnx`` (:mod:`hybrid._quant_onnx`).
+
+``static`` (weights and activations int8, activation ranges calibrated on training rows) suits convolutional
+models; ``dynamic`` (int8 weights, activation ranges taken per batch at run time) suits Linear-heavy ones.
+
+Not ``torch.ao.quantization``: in torch 2.13 every call of it raises a ``DeprecationWarning`` ("deprecated and
+will be removed ... migrate to torchao"), and the ``torch.qint8``/``quint8`` tensors its eager and FX flows build
+are deprecated too. The PT2E code now lives in torchao and works on plain ``uint8``/``int8`` tensors.
+
+An int8 model directory holds the model file, ``model.json`` and ``manifest.json`` (see :mod:`hybrid.artifacts`);
+loading checks the manifest first and never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from hybrid import _quant_onnx, _quant_torch
+from hybrid._dataclass_io import require, to_dict
+from hybrid.artifacts import META, WEIGHTS, ArtifactError, verify_manifest, write_manifest
+from hybrid.errors import DataError, HybridError
+
+Backend = Literal["auto", "torch", "onnxruntime"]
+Mode = Literal["auto", "static", "dynamic"]
+LABEL = "label"
+OUTPUT = "logits"
+MODEL_FILES = {"torch": "model.pt2", "onnxruntime": "model.onnx"}
+"""The model file of each backend inside an int8 model directory."""
+_FORMATS = {"torch": "torch.export.pt2", "onnxruntime": "onnx"}
+
+
+class QuantizationError(HybridError, RuntimeError):
+    """A model could not be quantized (or a quantized model could not be loaded) with the chosen backend."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How a trained float model is turned into int8 and how the result is measured."""
+
+    backend: Backend = "auto"
+    """``auto`` quantizes with both backends and keeps the faster one that passes the accuracy gate."""
+    mode: Mode = "auto"
+    """``static`` or ``dynamic`` quantization; ``auto``: static when the model has a convolution."""
+    calibration_samples: int = 1024
+    """Training rows whose activation ranges calibrate static quantization (the first N of the batches)."""
+    per_channel: bool = True
+    """ONNX Runtime: one weight scale per output channel (the torch backend always does this)."""
+    max_accuracy_drop: float = 0.01
+    """Gate: int8 accuracy must be >= reference accuracy minus this (0.01 = one percentage point)."""
+    latency_batch_size: int = 256
+    """Rows per forward pass when timing."""
+    latency_repeats: int = 5
+    """Timed passes per model after one warm-up; the fastest is reported (least disturbed by other work)."""
+    num_threads: int | None = None
+    """Intra-op threads while timing (torch and ONNX Runtime alike); ``null``: ``torch.get_num_threads()``."""
+    opset: int = 18
+    """ONNX opset of the exported graph."""
+
+    def __post_init__(self) -> None:
+        require(self.calibration_samples >= 1, f"calibration_samples must be >= 1, but got {self.calibration_samples}")
+        require(
+            0.0 <= self.max_accuracy_drop <= 1.0,
+            f"max_accuracy_drop must be in [0, 1], but got {self.max_accuracy_drop}",
+        )
+        require(self.latency_batch_size >= 1, f"latency_batch_size must be >= 1, but got {self.latency_batch_size}")
+        require(self.latency_repeats >= 1, f"latency_repeats must be >= 1, but got {self.latency_repeats}")
+        require(
+            self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, but got {self.num_threads}"
+        )
+        require(self.opset >= 17, f"opset must be >= 17, but got {self.opset}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a quantized model: its name (the dataset column), shape (``None`` = batch) and dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+class Int8Model:
+    """A runnable int8 model together with the exact bytes of its model file.
+
+    Built only from those bytes (by :func:`quantize` and :func:`load_quantized` alike), so what was measured
+    is what gets saved and later loaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: Literal["torch", "onnxruntime"],
+        mode: Literal["static", "dynamic"],
+        inputs: Sequence[InputSpec],
+        payload: bytes,
+        num_threads: int | None = None,
+    ) -> None:
+        self.backend, self.mode, self.inputs, self.payload = backend, mode, tuple(inputs), payload
+        self._run: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+        if backend == "torch":
+            self._run = _quant_torch.runner(payload, _example_from_specs(self.inputs))
+        else:
+            names = [spec.name for spec in self.inputs]
+            self._run = _quant_onnx.runner(payload, input_names=names, output_name=OUTPUT, num_threads=num_threads)
+
+    @property
+    def size_bytes(self) -> int:
+        """Size of the model file."""
+        return len(self.payload)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Map inputs (in :attr:`inputs` order, batch first) to ``(batch, num_classes)`` float32 logits."""
+        if len(inputs) != len(self.inputs):
+            names = [spec.name for spec in self.inputs]
+            raise ValueError(f"expected {len(names)} inputs {names}, but got {len(inputs)}")
+        cast = []
+        for spec, x in zip(self.inputs, inputs):
+            if x.dim() != len(spec.shape) or any(d is not None and d != n for d, n in zip(spec.shape, x.shape)):
+                shape = ["batch" if d is None else d for d in spec.shape]
+                raise ValueError(f"input {spec.name!r} must have shape {shape}, but got {list(x.shape)}")
+            cast.append(x.detach().cpu().to(getattr(torch, spec.dtype)))
+        return self._run(tuple(cast))
+
+    def __repr__(self) -> str:
+        return f"Int8Model(backend={self.backend!r}, mode={self.mode!r}, size_bytes={self.size_bytes})"
+
+
+@dataclass
+class Measurement:
+    """One model measured on the evaluation rows."""
+
+    accuracy: float
+    agreement: float
+    """Fraction of rows whose top-1 class equals the float model's."""
+    max_abs_logit_diff: float
+    """Largest ``|logit - float logit|`` over all rows and classes."""
+    latency_ms_per_sample: float
+    """Fastest timed pass at ``latency_batch_size`` rows, divided by the rows."""
+    size_bytes: int
+    """Model file size (float: the safetensors weights)."""
+    passed_gate: bool | None = None
+    """int8 only: accuracy >= reference accuracy - ``max_accuracy_drop``."""
+
+
+@dataclass
+class QuantizeResult:
+    """The int8 model picked, and every candidate's measurements next to the float model's."""
+
+    model: Int8Model
+    """The chosen backend's model: the fastest that passed the gate, or the fastest if none did."""
+    passed_gate: bool
+    """False: no int8 model kept the accuracy; the caller should ship the float model and say so."""
+    reference_accuracy: float
+    """Accuracy the gate compares against (the teacher's, or else the float model's)."""
+    baseline: Measurement
+    """The float model."""
+    candidates: dict[str, Measurement]
+    """Backend name -> measurement of its int8 model."""
+    models: dict[str, Int8Model] = field(repr=False)
+    """Backend name -> int8 model (all candidates, for benchmarks)."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Backend name -> error, for backends that ``auto`` tried and could not use."""
+
+    @property
+    def backend(self) -> str:
+        """Backend of the chosen model."""
+        return self.model.backend
+
+    @property
+    def speedup(self) -> float:
+        """Float latency / chosen int8 latency."""
+        return self.baseline.latency_ms_per_sample / self.candidates[self.backend].latency_ms_per_sample
+
+    @property
+    def size_ratio(self) -> float:
+        """Float size / chosen int8 size."""
+        return self.baseline.size_bytes / self.model.size_bytes
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for ``summary.json`` and reports."""
+        return {
+            "backend": self.backend,
+            "mode": self.model.mode,
+            "passed_gate": self.passed_gate,
+            "reference_accuracy": self.reference_accuracy,
+            "speedup": self.speedup,
+            "size_ratio": self.size_ratio,
+            "float": to_dict(self.baseline),
+            "int8": {name: to_dict(m) for name, m in self.candidates.items()},
+            "failures": dict(self.failures),
+        }
+
+
+def quantize(
+    model: nn.Module,
+    calibration_batches: Iterable[Mapping[str, torch.Tensor]],
+    config: QuantizeConfig = QuantizeConfig(),
+    *,
+    eval_batches: Iterable[Mapping[str, torch.Tensor]],
+    reference_accuracy: float | None = None,
+    input_columns: Sequence[str] = ("pixels",),
+) -> QuantizeResult:
+    """Quantize a trained float model to int8, measure it against the float model and apply the gate.
+
+    Args:
+        model: The trained float model (left unchanged; it is run in eval mode).
+        calibration_batches: Training batches shaped like Ray's ``iter_torch_batches`` (``input_columns``
+            as float tensors, batch first); the first ``calibration_samples`` rows are used.
+        config: Backend, mode, gate and timing settings.
+        eval_batches: Held-out labelled batches (``input_columns`` and ``label``) for accuracy, agreement
+            and latency.
+        reference_accuracy: The gate's reference (the teacher's accuracy); ``None``: the float model's.
+        input_columns: Columns fed to ``model.forward`` positionally, in order.
+
+    Returns:
+        A :class:`QuantizeResult`; check ``passed_gate`` before shipping ``model``.
+
+    Raises:
+        QuantizationError: If the requested backend (or, for ``auto``, every backend) fails.
+        MissingDependencyError: If a backend's packages are not installed (``auto`` skips that backend).
+        DataError: If the batches lack a column or hold no rows.
+        ValueError: If ``reference_accuracy`` is outside ``[0, 1]``.
+    """
+    if reference_accuracy is not None and not 0.0 <= reference_accuracy <= 1.0:
+        raise ValueError(f"reference_accuracy must be in [0, 1], but got {reference_accuracy}")
+    was_training = model.training
+    model.eval()
+    try:
+        calibration = _take_rows(calibration_batches, input_columns, config.calibration_samples)
+        eval_inputs, eval_labels = _eval_rows(eval_batches, input_columns)
+        specs = tuple(
+            InputSpec(name, (None, *t.shape[1:]), str(t.dtype).removeprefix("torch."))
+            for name, t in zip(input_columns, calibration[0])
+        )
+        mode = config.mode if config.mode != "auto" else ("static" if _has_conv(model) else "dynamic")
+        threads = config.num_threads or torch.get_num_threads()
+        with torch.no_grad():
+            float_logits = _batched(model, eval_inputs)
+        baseline = _measure(model, float_logits, float_logits, eval_labels, eval_inputs, config, threads)
+        baseline.size_bytes = _float_size(model)
+        reference = baseline.accuracy if reference_accuracy is None else reference_accuracy
+
+        backends = ["torch", "onnxruntime"] if config.backend == "auto" else [config.backend]
+        models: dict[str, Int8Model] = {}
+        candidates: dict[str, Measurement] = {}
+        failures: dict[str, str] = {}
+        for backend in backends:
+            try:
+                payload = _quantize_bytes(backend, model, calibration, specs, mode, config)
+                int8 = Int8Model(backend=backend, mode=mode, inputs=specs, payload=payload, num_threads=threads)
+            except Exception as err:  # noqa: BLE001 - auto tries the other backend; an explicit one re-raises
+                if config.backend != "auto":
+                    if isinstance(err, HybridError):
+                        raise
+                    raise QuantizationError(f"{backend} int8 quantization failed: {err}") from err
+                failures[backend] = f"{type(err).__name__}: {err}"
+                continue
+            with torch.no_grad():
+                logits = _batched(int8, eval_inputs)
+            measured = _measure(int8, logits, float_logits, eval_labels, eval_inputs, config, threads)
+            measured.size_bytes = int8.size_bytes
+            measured.passed_gate = measured.accuracy >= reference - config.max_accuracy_drop
+            models[backend], candidates[backend] = int8, measured
+        if not models:
+            raise QuantizationError(f"no backend could quantize the model: {failures}")
+        chosen, passed = choose_backend(candidates)
+        return QuantizeResult(
+            model=models[chosen],
+            passed_gate=passed,
+            reference_accuracy=reference,
+            baseline=baseline,
+            candidates=candidates,
+            models=models,
+            failures=failures,
+        )
+    finally:
+        model.train(was_training)
+
+
+def _quantize_bytes(
+    backend: str, model: nn.Module, calibration: list[tuple[torch.Tensor, ...]], specs: Sequence[InputSpec],
+    mode: str, config: QuantizeConfig,
+) -> bytes:
+    example = _example(calibration)
+    if backend == "torch":
+        return _quant_torch.quantize_to_bytes(model, calibration, example, dynamic=mode == "dynamic")
+    return _quant_onnx.quantize_to_bytes(
+        model, calibration, example, input_names=[s.name for s in specs], output_name=OUTPUT,
+        dynamic=mode == "dynamic", per_channel=config.per_channel, opset=config.opset,
+    )
+
+
+def choose_backend(candidates: Mapping[str, Measurement]) -> tuple[str, bool]:
+    """The fastest candidate that passed the gate, else the fastest of all; and whether any passed.
+
+    Raises:
+        ValueError: If there are no candidates.
+    """
+    if not candidates:
+        raise ValueError("choose_backend needs at least one candidate")
+    passing = [name for name, m in candidates.items() if m.passed_gate]
+    chosen = min(passing or list(candidates), key=lambda name: candidates[name].latency_ms_per_sample)
+    return chosen, bool(passing)
+
+
+def save_quantized(
+    directory: str | Path, int8: Int8Model, *, family: str, config: Any, **metadata: Any
+) -> Path:
+    """Write an int8 model directory: the model file, ``model.json`` and ``manifest.json``.
+
+    Args:
+        directory: Created if missing; a model file already there (of either backend) is replaced.
+        int8: The model (its bytes are written as they are).
+        family: Registry name of the float model's family.
+        config: The family's config dataclass (or plain dict).
+        **metadata: JSON-serialisable extras (preprocessing, label names, metrics...).
+    """
+    directory = Path(directory)
+    if (directory / WEIGHTS).exists():
+        raise ArtifactError(f"{directory} holds a float model ({WEIGHTS}); write the int8 model to its own directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in MODEL_FILES.values():
+        (directory / stale).unlink(missing_ok=True)
+    (directory / MODEL_FILES[int8.backend]).write_bytes(int8.payload)
+    meta = {
+        "family": family,
+        "config": to_dict(config),
+        "format": _FORMATS[int8.backend],
+        "backend": int8.backend,
+        "quantization": {"dtype": "int8", "mode": int8.mode},
+        "inputs": [to_dict(spec) for spec in int8.inputs],
+        "outputs": [OUTPUT],
+        "size_bytes": int8.size_bytes,
+        **to_dict(metadata),
+    }
+    (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_manifest(directory)
+    return directory
+
+
+def load_quantized(directory: str | Path, *, num_threads: int | None = None) -> tuple[Int8Model, dict[str, Any]]:
+    """Load an int8 model directory after checking every file against its manifest.
+
+    Args:
+        directory: Written by :func:`save_quantized`.
+        num_threads: Intra-op threads of an ONNX Runtime session (``None``: ONNX Runtime's default);
+            the torch backend uses ``torch.get_num_threads()`` at call time.
+
+    Raises:
+        ArtifactError: If the directory is incomplete, a file does not match the manifest, or the model
+            file could only be read by unpickling.
+    """
+    directory = Path(directory)
+    present = [name for name in MODEL_FILES.values() if (directory / name).is_file()]
+    if len(present) != 1:
+        raise ArtifactError(
+            f"{directory}: an int8 model directory holds exactly one of {sorted(MODEL_FILES.values())}, "
+            f"but it has {present or 'none'}"
+        )
+    verify_manifest(directory, required=(present[0], META))
+    meta = json.loads((directory / META).read_text())
+    backend = meta.get("backend")
+    if MODEL_FILES.get(backend) != present[0]:
+        raise ArtifactError(f"{directory}: model.json names backend {backend!r}, but the model file is {present[0]}")
+    try:
+        specs = tuple(InputSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in meta["inputs"])
+        mode = meta["quantization"]["mode"]
+    except (KeyError, TypeError):
+        raise ArtifactError(f"{directory}: {META} lacks 'inputs' or 'quantization.mode'") from None
+    payload = (directory / present[0]).read_bytes()
+    try:
+        model = Int8Model(backend=backend, mode=mode, inputs=specs, payload=payload, num_threads=num_threads)
+    except ValueError as err:  # a pickle inside the .pt2 archive, or ONNX inputs that disagree with model.json
+        raise ArtifactError(f"{directory}: {err}") from None
+    return model, meta
+
+
+# --- measuring -------------------------------------------------------------------------------------------
+
+
+def _measure(
+    run: Callable[..., torch.Tensor], logits: torch.Tensor, float_logits: torch.Tensor, labels: torch.Tensor,
+    inputs: tuple[torch.Tensor, ...], config: QuantizeConfig, threads: int,
+) -> Measurement:
+    """Accuracy and closeness of ``logits`` (computed by ``run``), and ``run``'s latency; size is filled in later."""
+    top1 = logits.argmax(1)
+    return Measurement(
+        accuracy=float((top1 == labels).float().mean()),
+        agreement=float((top1 == float_logits.argmax(1)).float().mean()),
+        max_abs_logit_diff=float((logits - float_logits).abs().max()),
+        latency_ms_per_sample=_latency_ms(run, inputs, config, threads),
+        size_bytes=0,
+    )
+
+
+def latency_ms_per_sample(
+    run: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], *, batch_size: int = 256,
+    repeats: int = 5, threads: int | None = None,
+) -> float:
+    """Fastest of ``repeats`` forward passes of ``batch_size`` rows (recycled from ``inputs``), per row, in ms."""
+    config = QuantizeConfig(latency_batch_size=batch_size, latency_repeats=repeats)
+    return _latency_ms(run, inputs, config, threads or torch.get_num_threads())
+
+
+def _latency_ms(
+    run: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], config: QuantizeConfig, threads: int
+) -> float:
+    rows = config.latency_batch_size
+    reps = math.ceil(rows / len(inputs[0]))
+    batch = tuple(x.repeat(reps, *([1] * (x.dim() - 1)))[:rows].contiguous() for x in inputs)
+    with _torch_threads(threads), torch.no_grad():
+        run(*batch)
+        best = math.inf
+        for _ in range(config.latency_repeats):
+            start = time.perf_counter()
+            run(*batch)
+            best = min(best, time.perf_counter() - start)
+    return best * 1e3 / rows
+
+
+@contextmanager
+def _torch_threads(n: int) -> Any:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _float_size(model: nn.Module) -> int:
+    from safetensors.torch import save
+
+    return len(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+def _columns(batch: Mapping[str, Any], columns: Sequence[str]) -> tuple[torch.Tensor, ...]:
+    missing = [c for c in columns if c not in batch]
+    if missing:
+        raise DataError(f"batches must have the columns {list(columns)}, but {missing} are missing (got {list(batch)})")
+    return tuple(torch.as_tensor(batch[c]) for c in columns)
+
+
+def _take_rows(
+    batches: Iterable[Mapping[str, Any]], columns: Sequence[str], limit: int
+) -> list[tuple[torch.Tensor, ...]]:
+    taken: list[tuple[torch.Tensor, ...]] = []
+    rows = 0
+    for batch in batches:
+        inputs = tuple(x[: limit - rows] for x in _columns(batch, columns))
+        if len(inputs[0]):
+            taken.append(inputs)
+            rows += len(inputs[0])
+        if rows >= limit:
+            break
+    if not taken:
+        raise DataError("calibration_batches hold no rows")
+    return taken
+
+
+def _eval_rows(
+    batches: Iterable[Mapping[str, Any]], columns: Sequence[str]
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    inputs, labels = [], []
+    for batch in batches:
+        *features, label = _columns(batch, (*columns, LABEL))
+        inputs.append(tuple(features))
+        labels.append(label.long())
+    if not labels or not sum(len(y) for y in labels):
+        raise DataError("eval_batches hold no rows")
+    return tuple(torch.cat(parts) for parts in zip(*inputs)), torch.cat(labels)
+
+
+def _batched(run: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], size: int = 1024) -> torch.Tensor:
+    return torch.cat([run(*(x[i : i + size] for x in inputs)).float() for i in range(0, len(inputs[0]), size)])
+
+
+def _example(calibration: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    # Two rows: a batch of one would let torch.export specialise the batch dimension to 1.
+    first = calibration[0]
+    return tuple(x.repeat(2, *([1] * (x.dim() - 1)))[:2].clone() for x in first)
+
+
+def _example_from_specs(specs: Sequence[InputSpec]) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        torch.zeros([2 if d is None else d for d in spec.shape], dtype=getattr(torch, spec.dtype)) for spec in specs
+    )
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())

@@ -1,0 +1,109 @@
+"""The distillation loss against numbers worked out by hand, and its gradient behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybrid.distill import DistillConfig, distillation_loss
+from hybrid.errors import ConfigError
+
+
+def _softmax(row: list[float], t: float) -> list[float]:
+    exps = [math.exp(v / t) for v in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def test_two_classes_by_hand() -> None:
+    student = [[1.0, 0.0], [0.5, -0.5]]
+    teacher = [[0.0, 2.0], [3.0, 1.0]]
+    labels = [0, 1]
+    alpha, t = 0.6, 2.0
+    kl = 0.0
+    for s_row, t_row in zip(student, teacher):
+        p_s, p_t = _softmax(s_row, t), _softmax(t_row, t)
+        kl += sum(pt * (math.log(pt) - math.log(ps)) for ps, pt in zip(p_s, p_t))
+    kl /= len(student)  # batchmean
+    ce = -sum(math.log(_softmax(row, 1.0)[y]) for row, y in zip(student, labels)) / len(student)
+    expected = alpha * t * t * kl + (1 - alpha) * ce
+
+    loss = distillation_loss(
+        torch.tensor(student), torch.tensor(teacher), torch.tensor(labels), alpha=alpha, temperature=t
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # Row KLs 0.2576 and 0.0263 (mean 0.1419), row CEs 0.3133 and 1.3133 (mean 0.8133), checked on paper:
+    # 0.6 * 4 * 0.1419 + 0.4 * 0.8133 = 0.6658.
+    assert kl == pytest.approx(0.1419, abs=1e-4)
+    assert ce == pytest.approx(0.8133, abs=1e-4)
+    assert expected == pytest.approx(0.6658, abs=1e-4)
+
+
+def test_alpha_zero_is_cross_entropy() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 4), torch.randn(5, 4)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    loss = distillation_loss(student, teacher, labels, alpha=0.0, temperature=3.0)
+    assert loss.item() == pytest.approx(F.cross_entropy(student, labels).item(), rel=1e-6)
+    smoothed = distillation_loss(student, teacher, labels, alpha=0.0, temperature=3.0, label_smoothing=0.1)
+    assert smoothed.item() == pytest.approx(F.cross_entropy(student, labels, label_smoothing=0.1).item(), rel=1e-6)
+
+
+def test_alpha_one_identical_logits_is_zero() -> None:
+    logits = torch.randn(6, 3)
+    loss = distillation_loss(logits, logits.clone(), torch.zeros(6, dtype=torch.long), alpha=1.0, temperature=4.0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gradient_reaches_the_student_only() -> None:
+    student = torch.randn(4, 3, requires_grad=True)
+    teacher = torch.randn(4, 3, requires_grad=True)
+    distillation_loss(student, teacher, torch.tensor([0, 1, 2, 0]), alpha=0.7, temperature=4.0).backward()
+    assert teacher.grad is None
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_t_squared_keeps_gradient_size_across_temperatures() -> None:
+    torch.manual_seed(1)
+    student0, teacher = torch.randn(8, 10), torch.randn(8, 10)
+    norms = {}
+    for t in (5.0, 20.0):
+        student = student0.clone().requires_grad_(True)
+        distillation_loss(student, teacher, torch.zeros(8, dtype=torch.long), alpha=1.0, temperature=t).backward()
+        norms[t] = student.grad.norm().item()
+    # Without the T^2 factor the two norms would differ by (20/5)^2 = 16x.
+    assert norms[20.0] / norms[5.0] == pytest.approx(1.0, abs=0.1)
+    # High-temperature limit: grad = (centred student logits - centred teacher logits) / (classes * batch).
+    centred = (student0 - student0.mean(1, keepdim=True)) - (teacher - teacher.mean(1, keepdim=True))
+    assert norms[20.0] == pytest.approx((centred / (10 * 8)).norm().item(), rel=0.02)
+
+
+def test_bf16_logits_are_accepted() -> None:
+    student, teacher = torch.randn(3, 4), torch.randn(3, 4)
+    labels = torch.tensor([0, 1, 2])
+    full = distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0)
+    half = distillation_loss(student.bfloat16(), teacher.bfloat16(), labels, alpha=0.5, temperature=2.0)
+    assert half.dtype == torch.float32
+    assert half.item() == pytest.approx(full.item(), rel=0.05)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], but got 1.5"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), alpha=1.5, temperature=1.0)
+    with pytest.raises(ValueError, match="temperature must be > 0, but got 0"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), alpha=0.5, temperature=0.0)
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(2, 4\)"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2), alpha=0.5, temperature=1.0)
+    with pytest.raises(ValueError, match=r"labels must be \(batch,\)"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), alpha=0.5, temperature=1.0)
+
+
+def test_config_validates() -> None:
+    assert DistillConfig() == DistillConfig(alpha=0.7, temperature=4.0)
+    with pytest.raises(ConfigError, match=r"alpha must be in \[0, 1\], but got 1.5"):
+        DistillConfig(alpha=1.5)
+    with pytest.raises(ConfigError, match="temperature must be > 0, but got -1.0"):
+        DistillConfig(temperature=-1.0)

@@ -1,0 +1,210 @@
+"""int8 quantization: both backends stay close to the float model, and artifacts round-trip safely."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrid._quant_torch import UnsafeArchiveError, check_no_pickle
+from hybrid.artifacts import ArtifactError, write_manifest
+from hybrid.errors import ConfigError, DataError
+from hybrid.models import CNN
+from hybrid.quantize import (
+    MODEL_FILES,
+    Measurement,
+    QuantizeConfig,
+    QuantizeResult,
+    choose_backend,
+    load_quantized,
+    quantize,
+    save_quantized,
+)
+from hybrid.testing import tiny_cnn_config, toy_batches
+
+BACKENDS = ("torch", "onnxruntime")
+# The stated tolerance on a fixed batch: top-1 agreement with the float model of at least 95%, and no logit
+# further from the float logit than 10% of the float logits' spread (max - min over the batch).
+MIN_AGREEMENT, MAX_DIFF_OF_SPREAD = 0.95, 0.10
+
+
+def _trained_cnn() -> CNN:
+    torch.manual_seed(0)
+    model = CNN(tiny_cnn_config(base_channels=8, head_width=16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        for batch in toy_batches(480, batch_size=32, seed=0):
+            loss = F.cross_entropy(model(batch["pixels"]), batch["label"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def cnn() -> CNN:
+    return _trained_cnn()
+
+
+@pytest.fixture(scope="module")
+def fixed_batch() -> torch.Tensor:
+    return toy_batches(256, batch_size=256, seed=7)[0]["pixels"]
+
+
+@pytest.fixture(scope="module")
+def result(cnn: CNN) -> QuantizeResult:
+    config = QuantizeConfig(calibration_samples=128, latency_repeats=1, latency_batch_size=64, num_threads=1)
+    return quantize(cnn, toy_batches(256, batch_size=32, seed=0), config, eval_batches=toy_batches(128, seed=1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_static_int8_stays_close_to_float(
+    result: QuantizeResult, cnn: CNN, fixed_batch: torch.Tensor, backend: str
+) -> None:
+    int8 = result.models[backend]
+    assert int8.mode == "static"  # the model has a convolution
+    with torch.no_grad():
+        expected = cnn(fixed_batch)
+    actual = int8(fixed_batch)
+    assert actual.shape == expected.shape and actual.dtype == torch.float32
+    agreement = (actual.argmax(1) == expected.argmax(1)).float().mean().item()
+    assert agreement >= MIN_AGREEMENT
+    spread = (expected.max() - expected.min()).item()
+    assert (actual - expected).abs().max().item() <= MAX_DIFF_OF_SPREAD * spread
+    assert not torch.equal(actual, expected)  # it really is quantized
+
+
+def test_result_measures_every_backend(result: QuantizeResult) -> None:
+    assert set(result.candidates) == set(BACKENDS) and not result.failures
+    assert result.baseline.accuracy == 1.0  # the toy task is easy; the gate compares against this
+    for name, measured in result.candidates.items():
+        assert measured.passed_gate is True
+        assert measured.agreement >= MIN_AGREEMENT
+        assert measured.size_bytes == result.models[name].size_bytes > 0
+        assert measured.latency_ms_per_sample > 0
+    fastest = min(BACKENDS, key=lambda b: result.candidates[b].latency_ms_per_sample)
+    assert result.backend == fastest and result.passed_gate
+    summary = json.loads(json.dumps(result.summary()))
+    assert summary["backend"] == fastest and set(summary["int8"]) == set(BACKENDS)
+
+
+def _measurement(latency: float, passed: bool) -> Measurement:
+    return Measurement(1.0, 1.0, 0.0, latency, 1, passed_gate=passed)
+
+
+def test_choose_backend_prefers_the_fastest_that_passes() -> None:
+    candidates = {"torch": _measurement(1.0, False), "onnxruntime": _measurement(2.0, True)}
+    assert choose_backend(candidates) == ("onnxruntime", True)
+    candidates["onnxruntime"].passed_gate = False
+    assert choose_backend(candidates) == ("torch", False)  # none passed: the caller ships float and says so
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_artifact_round_trip(result: QuantizeResult, fixed_batch: torch.Tensor, tmp_path: Path, backend: str) -> None:
+    int8 = result.models[backend]
+    directory = save_quantized(
+        tmp_path / "int8", int8, family="cnn", config=tiny_cnn_config(base_channels=8, head_width=16),
+        normalizer={"mean": 0.0, "std": 1.0},
+    )
+    assert sorted(p.name for p in directory.iterdir()) == sorted([MODEL_FILES[backend], "model.json", "manifest.json"])
+    loaded, meta = load_quantized(directory, num_threads=1)
+    assert meta["backend"] == backend and meta["quantization"] == {"dtype": "int8", "mode": "static"}
+    assert meta["normalizer"] == {"mean": 0.0, "std": 1.0} and meta["config"]["base_channels"] == 8
+    assert meta["inputs"] == [{"name": "pixels", "shape": [None, 64], "dtype": "float32"}]
+    assert torch.equal(loaded(fixed_batch), int8(fixed_batch))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_changed_byte_is_refused(result: QuantizeResult, tmp_path: Path, backend: str) -> None:
+    directory = save_quantized(tmp_path / "int8", result.models[backend], family="cnn", config={})
+    path = directory / MODEL_FILES[backend]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="changed or corrupted"):
+        load_quantized(directory)
+
+
+def test_a_pickle_inside_the_archive_is_refused_even_with_a_matching_manifest(
+    result: QuantizeResult, tmp_path: Path
+) -> None:
+    directory = save_quantized(tmp_path / "int8", result.models["torch"], family="cnn", config={})
+    path = directory / MODEL_FILES["torch"]
+    source = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data/sample_inputs/model.pt"):
+                data = b"pickled sample inputs"  # torch.export.load would torch.load this
+            target.writestr(info, data)
+    path.write_bytes(buffer.getvalue())
+    write_manifest(directory)  # whoever changed it also re-hashed: the manifest alone cannot catch this
+    with pytest.raises(ArtifactError, match="could unpickle"):
+        load_quantized(directory)
+
+
+def test_pickled_weights_are_refused(result: QuantizeResult) -> None:
+    source = zipfile.ZipFile(io.BytesIO(result.models["torch"].payload))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                next(iter(config["config"].values()))["use_pickle"] = True
+                data = json.dumps(config).encode()
+            target.writestr(info, data)
+    with pytest.raises(UnsafeArchiveError, match="as a pickle"):
+        check_no_pickle(buffer.getvalue())
+
+
+def test_linear_model_gets_dynamic_quantization(fixed_batch: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    config = QuantizeConfig(latency_repeats=1, latency_batch_size=32, num_threads=1)
+    result = quantize(mlp, toy_batches(64, seed=0), config, eval_batches=toy_batches(64, seed=1))
+    with torch.no_grad():
+        expected = mlp(fixed_batch)
+    spread = (expected.max() - expected.min()).item()
+    for backend in BACKENDS:
+        int8 = result.models[backend]
+        assert int8.mode == "dynamic"
+        actual = int8(fixed_batch)
+        assert (actual.argmax(1) == expected.argmax(1)).float().mean().item() >= MIN_AGREEMENT
+        assert (actual - expected).abs().max().item() <= MAX_DIFF_OF_SPREAD * spread
+
+
+def test_wrong_input_shape_is_explained(result: QuantizeResult) -> None:
+    with pytest.raises(ValueError, match=r"input 'pixels' must have shape \['batch', 64\], but got \[2, 1, 8, 8\]"):
+        result.model(torch.zeros(2, 1, 8, 8))
+
+
+def test_bad_inputs_are_refused(cnn: CNN) -> None:
+    with pytest.raises(ConfigError, match="calibration_samples must be >= 1, but got 0"):
+        QuantizeConfig(calibration_samples=0)
+    with pytest.raises(ConfigError, match="opset must be >= 17, but got 13"):
+        QuantizeConfig(opset=13)
+    with pytest.raises(DataError, match=r"missing"):
+        quantize(cnn, [{"image": torch.zeros(2, 64)}], eval_batches=toy_batches(8))
+
+
+def test_a_directory_without_a_model_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_text("{}")
+    write_manifest(tmp_path)
+    with pytest.raises(ArtifactError, match="exactly one of"):
+        load_quantized(tmp_path)
+
+
+def test_a_float_model_directory_is_not_overwritten(result: QuantizeResult, cnn: CNN, tmp_path: Path) -> None:
+    from hybrid.artifacts import save_model
+
+    directory = save_model(tmp_path / "float", cnn, family="cnn", config=cnn.config)
+    with pytest.raises(ArtifactError, match="holds a float model"):
+        save_quantized(directory, result.model, family="cnn", config=cnn.config)
