@@ -16,15 +16,35 @@ from typing import Any
 from hybrid.errors import HybridError
 
 
-def _tune(args: argparse.Namespace) -> Any:
-    from hybrid.config import load_config
-    from hybrid.pipeline import run_tune
+def _stages(*stages: str) -> Callable[[argparse.Namespace], Any]:
+    def handler(args: argparse.Namespace) -> Any:
+        from hybrid.config import load_config
+        from hybrid.pipeline import run
 
-    return run_tune(load_config(args.config, args.set))
+        return run(load_config(args.config, args.set), stages=stages, restart=args.restart or len(stages) == 1)
+
+    return handler
+
+
+def _score(args: argparse.Namespace) -> Any:
+    from hybrid.config import load_config
+    from hybrid.runtime import running
+    from hybrid.score import score_to_parquet
+
+    config = load_config(args.config, args.set)
+    with running(config.runtime) as runtime:
+        result = score_to_parquet(runtime.spark, args.input, args.model, args.output, batch_size=config.score.batch_size)
+    print(f"[score] {result}")
+    return result
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
-    "tune": (_tune, "ingest a Spark DataFrame, tune a model with Ray Tune (Optuna + ASHA), evaluate the best"),
+    "run": (_stages("tune", "distill", "quantize", "score"),
+            "the whole chain: ingest, tune, distill, quantize, score in Spark, report (resumes a stopped run)"),
+    "tune": (_stages("tune"), "ingest a Spark DataFrame, tune a model with Ray Tune (Optuna + ASHA), evaluate the best"),
+    "distill": (_stages("distill"), "distill the run's teacher into a smaller student (needs a tuned run)"),
+    "quantize": (_stages("quantize"), "quantize the run's student to int8, gated on accuracy (needs a distilled run)"),
+    "score": (_score, "score a Parquet table in Spark with a model directory and write Parquet"),
 }
 
 
@@ -48,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--set", action="append", default=[], metavar="KEY=VALUE",
             help="override a config value, e.g. --set tune.num_samples=4 (repeatable)",
         )
+        if name == "score":
+            cmd.add_argument("--model", required=True, help="model directory (teacher/, student/, student_int8/)")
+            cmd.add_argument("--input", required=True, help="Parquet table with a pixels column")
+            cmd.add_argument("--output", required=True, help="where to write the scored Parquet table")
+        else:
+            cmd.add_argument("--restart", action="store_true", help="redo stages already finished in the run directory")
     return parser
 
 

@@ -39,13 +39,16 @@ class DistillConfig:
     """Softmax temperature ``T`` of both teacher and student in the soft term; higher spreads the
     teacher's probability over more classes. The soft term is scaled by ``T**2`` so that its gradients
     keep their size as ``T`` changes."""
-    student: dict[str, Any] = field(default_factory=lambda: {"base_channels": 16, "head_width": 128})
-    """Architecture overrides applied on top of the teacher's (e.g. fewer channels, a narrower head)."""
+    width_multiplier: float = 0.5
+    """The student's widths (``base_channels``, ``head_width``) as a fraction of the teacher's."""
+    student: dict[str, Any] = field(default_factory=dict)
+    """Architecture overrides applied last (e.g. ``{num_blocks: 2}``)."""
     max_epochs: int | None = None
     """Student epochs; ``null``: the teacher's ``train.max_epochs``."""
 
     def __post_init__(self) -> None:
         require(self.max_epochs is None or self.max_epochs >= 1, f"max_epochs must be >= 1, but got {self.max_epochs}")
+        require(0.0 < self.width_multiplier <= 1.0, f"width_multiplier must be in (0, 1], but got {self.width_multiplier}")
         require(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], but got {self.alpha}")
         require(self.temperature > 0.0, f"temperature must be > 0, but got {self.temperature}")
 
@@ -136,8 +139,18 @@ def add_teacher_logits(
     ).materialize()
 
 
-def student_config(family: str, teacher_config: dict[str, Any], overrides: dict[str, Any]) -> Any:
-    """The student's architecture: the teacher's with ``overrides`` applied, validated by the family."""
+WIDTH_FIELDS = ("base_channels", "head_width")
+"""Config fields scaled by ``width_multiplier`` (those a family has)."""
+
+
+def student_config(
+    family: str, teacher_config: dict[str, Any], overrides: dict[str, Any], *, width_multiplier: float = 1.0
+) -> Any:
+    """The student's architecture: the teacher's, narrowed by ``width_multiplier``, then ``overrides``."""
     from hybrid.models import model_config
 
-    return model_config(family, {**teacher_config, **overrides})
+    narrowed = {
+        k: (max(1, round(v * width_multiplier)) if v else v) if k in WIDTH_FIELDS else v
+        for k, v in teacher_config.items()
+    }
+    return model_config(family, {**narrowed, **overrides})

@@ -95,7 +95,7 @@ def render(run_dir: Path) -> str:
     parts.append("<h2>Models</h2>" + _table(["model", "test accuracy", "test macro F1", "size (bytes)",
                                              "latency (ms/sample)"], rows))
 
-    data = summary["data"]
+    data = summary.get("data") or {"rows_in": "-", "train": "-", "val": "-", "test": "-", "quarantined": {}}
     bad = {k: v for k, v in data["quarantined"].items() if v}
     parts.append(
         "<h2>Data</h2>"

@@ -107,3 +107,13 @@ def test_config_validates() -> None:
         DistillConfig(alpha=1.5)
     with pytest.raises(ConfigError, match="temperature must be > 0, but got -1.0"):
         DistillConfig(temperature=-1.0)
+
+
+def test_student_config_narrows_the_teacher_and_applies_overrides_last():
+    from hybrid.distill import student_config
+
+    teacher = {"num_blocks": 3, "base_channels": 32, "head_width": 256, "kernel_size": 3}
+    student = student_config("cnn", teacher, {"num_blocks": 2}, width_multiplier=0.5)
+    assert (student.base_channels, student.head_width, student.num_blocks, student.kernel_size) == (16, 128, 2, 3)
+    # a head of width 0 (no hidden layer) stays 0 rather than growing to 1
+    assert student_config("cnn", {**teacher, "head_width": 0}, {}, width_multiplier=0.5).head_width == 0
