@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import os
 import platform
 import statistics
@@ -54,8 +53,9 @@ import warnings
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from _table import render_table
 
 if TYPE_CHECKING:
     import ray.data
@@ -66,17 +66,6 @@ PATHS = ("raydp", "to_pandas", "arrow_collect")
 WARMUP_ROWS = 1_000
 
 
-def _make_hybrid_importable() -> None:
-    """Let ``python benchmarks/bench_ingest.py`` work from a checkout where hybrid is not installed.
-
-    The driver gets the repository root on ``sys.path``; Ray's workers (started later by
-    ``ray.init`` from this process) get it through the inherited ``PYTHONPATH``.
-    """
-    if importlib.util.find_spec("hybrid") is not None:
-        return
-    root = str(Path(__file__).resolve().parents[1])
-    sys.path.insert(0, root)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
 @dataclass
@@ -226,13 +215,7 @@ def format_table(results: list[Measurement], *, features: int) -> str:
                 "yes" if m.rows_out == m.rows else f"NO ({m.rows_out:,})",
             )
         )
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = []
-    for n, row in enumerate(lines):
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return render_table(lines, left=(0,))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -261,7 +244,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run every path at every size and print the table; exit status 1 if a row count is off."""
     args = parse_args(argv)
-    _make_hybrid_importable()
     # RayDP reads DataFrame.sql_ctx on every conversion; pyspark warns each time. Not ours to fix.
     warnings.filterwarnings("ignore", message="DataFrame.sql_ctx is an internal property")
     from hybrid.config import RuntimeConfig

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import os
 import platform
 import sys
@@ -52,6 +51,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from _table import render_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,17 +79,6 @@ def log(message: str) -> None:
     print(f"[bench_train {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _make_hybrid_importable() -> None:
-    """Let ``python benchmarks/bench_train_overhead.py`` work where hybrid is not installed.
-
-    The driver gets the repository root on ``sys.path``; Ray's workers (started later by
-    ``ray.init`` from this process) get it through the inherited ``PYTHONPATH``.
-    """
-    if importlib.util.find_spec("hybrid") is not None:
-        return
-    root = str(Path(__file__).resolve().parents[1])
-    sys.path.insert(0, root)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
 def synthetic(rows: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,15 +233,7 @@ def format_table(rows: list[Row]) -> str:
     for r in rows:
         ratio = r.samples_per_s / plain[r.precision] if plain.get(r.precision) else float("nan")
         lines.append((r.precision, r.run, f"{r.samples_per_s:,.0f}", f"{ratio:.2f}", r.note))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {2, 3}
-    out = []
-    for n, line in enumerate(lines):
-        cells = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return render_table(lines, left=(0, 1, 4))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -281,7 +263,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the plain loop and Ray Train for each precision and print the comparison."""
     args = parse_args(argv)
-    _make_hybrid_importable()
     import ray
 
     from hybrid.config import RuntimeConfig, TrainConfig

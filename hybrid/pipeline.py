@@ -74,6 +74,10 @@ class _Run:
     def finish(self, stage: str, result: dict[str, Any]) -> None:
         self.results[stage] = result
         self.stage_file(stage).write_text(json.dumps(result, indent=2) + "\n")
+        if stage in STAGES:  # what later stages made from this stage's old outputs is stale now
+            for later in STAGES[STAGES.index(stage) + 1 :]:
+                self.stage_file(later).unlink(missing_ok=True)
+                self.results.pop(later, None)
 
     def spark(self) -> Any:
         with self.timer("spark_start"):
