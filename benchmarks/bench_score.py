@@ -21,13 +21,16 @@ What is compared (same model, same rows, same plain local Spark, one run)
     - ``validate_only``: the Spark validation expression and the noop sink without any model, the
       floor every Spark path pays;
     - ``in_process``: no Spark, ``hybrid.score.predict_proba`` on the same rows in this process, with
-      torch using as many threads as Spark has cores.
+      torch using as many threads as Spark has cores; ``in_process_1t`` the same on one thread (on a
+      busy machine, torch's intra-op threads wait on each other and one thread can be faster; Spark
+      runs one single-threaded task per core).
 
     Every path is run once on a small frame first (not reported): that starts Python workers, imports
     torch and loads the model in each, and checks that every path predicts what ``in_process`` does.
 
 How to read the numbers
-    ``best s`` is the fastest of ``--repeats`` runs; rows/s uses it. ``x in_process`` is rows/s
+    ``best s`` is the fastest of ``--repeats`` runs; rows/s uses it. Runs go round robin (every path
+    once per round), so that other load on the machine falls on all paths alike. ``x in_process`` is rows/s
     divided by in-process torch's: the share of the model's speed that survives Spark. The machine
     is small and shared, so compare ratios in one run, not seconds across runs.
 
@@ -39,7 +42,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import statistics
@@ -53,24 +55,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from _table import render_table
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from hybrid.score import ShippedModel
 
 SPARK_PATHS = ("pandas_udf", "predict_batch_udf", "mapInPandas", "row_udf", "validate_only")
-PATHS = (*SPARK_PATHS, "in_process")
+IN_PROCESS_THREADS = {"in_process": 0, "in_process_1t": 1}
+"""In-process paths and their torch threads (0: one per core)."""
+PATHS = (*SPARK_PATHS, *IN_PROCESS_THREADS)
 WARMUP_ROWS = 1_000
 BAD_EVERY = 100
 
 
-def _make_hybrid_importable() -> None:
-    """Let ``python benchmarks/bench_score.py`` work from a checkout where hybrid is not installed."""
-    if importlib.util.find_spec("hybrid") is not None:
-        return
-    root = str(Path(__file__).resolve().parents[1])
-    sys.path.insert(0, root)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
 def log(message: str) -> None:
@@ -325,13 +324,7 @@ def format_table(results: list[Measurement]) -> str:
     for m in results:
         lines.append((m.path, f"{m.rows:,}", f"{m.best_s:.2f}", f"{statistics.median(m.seconds):.2f}",
                       f"{m.rows_per_s:,.0f}", f"{m.rows_per_s / base:.2f}"))
-    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-    out = []
-    for n, row in enumerate(lines):
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return render_table(lines, left=(0,))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -354,7 +347,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run every path and print the table; exit status 1 if a path disagrees with in-process torch."""
     args = parse_args(argv)
-    _make_hybrid_importable()
     import torch
 
     from hybrid.score import ship_model
@@ -371,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
             log(f"warm-up and agreement check on {WARMUP_ROWS:,} rows (not reported)")
             good, rows = make_rows(WARMUP_ROWS, seed=1)
-            torch.set_num_threads(cores)
+            torch.set_num_threads(1)
             _, want = in_process(model, rows, good, args.batch_size)
             df = make_frame(spark, rows, partitions=args.partitions, work=work)
             preds = {}
@@ -383,32 +375,33 @@ def main(argv: list[str] | None = None) -> int:
             for p in problems:
                 log(f"DISAGREEMENT {p}")
 
-            results: list[Measurement] = []
             good, rows = make_rows(args.rows, seed=2)
-            if "in_process" in args.paths:
-                seconds = []
-                for _ in range(args.repeats):
-                    s, _ = in_process(model, rows, good, args.batch_size)
-                    seconds.append(s)
-                # in-process scores only the good rows; rate it per input row like the others
-                results.append(Measurement("in_process", len(rows), seconds))
-                log(f"in_process: best {min(seconds):.2f} s ({cores} torch threads)")
-            torch.set_num_threads(1)  # leave the cores to Spark's tasks
             log(f"caching {args.rows:,} rows in {args.partitions} partitions")
             frames = {args.rows: make_frame(spark, rows, partitions=args.partitions, work=work)}
-            for path in spark_paths:
-                n = min(args.rows, args.row_udf_rows) if path == "row_udf" else args.rows
-                if n not in frames:
-                    frames[n] = make_frame(spark, rows[:n], partitions=args.partitions, work=work)
-                seconds = []
-                for _ in range(1 if path == "row_udf" else args.repeats):
-                    t0 = time.perf_counter()
-                    SCORERS[path](frames[n], model_dir, shipped, args.batch_size).write.format("noop").mode(
-                        "overwrite"
-                    ).save()
-                    seconds.append(time.perf_counter() - t0)
-                results.append(Measurement(path, n, seconds))
-                log(f"{path}: {n:,} rows, best {min(seconds):.2f} s, {n / min(seconds):,.0f} rows/s")
+            row_udf_rows = min(args.rows, args.row_udf_rows)
+            sizes = {path: row_udf_rows if path == "row_udf" else args.rows for path in args.paths}
+            for n in set(sizes.values()) - set(frames):
+                frames[n] = make_frame(spark, rows[:n], partitions=args.partitions, work=work)
+            # Round robin (every path once per round) so that load from other jobs on the machine
+            # drifts over all paths alike instead of landing on whichever ran during it.
+            seconds: dict[str, list[float]] = {path: [] for path in args.paths}
+            for round_ in range(args.repeats):
+                for path in args.paths:
+                    if path == "row_udf" and round_ > 0:
+                        continue  # slow; one run says enough
+                    if path in IN_PROCESS_THREADS:
+                        torch.set_num_threads(IN_PROCESS_THREADS[path] or cores)
+                        s, _ = in_process(model, rows, good, args.batch_size)
+                        torch.set_num_threads(1)
+                    else:
+                        t0 = time.perf_counter()
+                        out = SCORERS[path](frames[sizes[path]], model_dir, shipped, args.batch_size)
+                        out.write.format("noop").mode("overwrite").save()
+                        s = time.perf_counter() - t0
+                    seconds[path].append(s)
+                    log(f"round {round_ + 1}/{args.repeats} {path}: {sizes[path]:,} rows in {s:.2f} s")
+            # in-process scores only the good rows; it is rated per input row like the others
+            results = [Measurement(path, sizes[path], seconds[path]) for path in args.paths]
         finally:
             spark.stop()
 
