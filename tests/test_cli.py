@@ -42,14 +42,14 @@ def test_bad_config_exits_1_with_one_line_naming_the_key(override, message):
 @pytest.mark.spark
 @pytest.mark.ray
 @pytest.mark.slow
-def test_tune_on_a_slice_of_fashion_mnist_writes_the_run_directory(tmp_path):
-    proc = run_cli(
-        "tune", str(CONFIG),
+def test_run_on_a_slice_of_fashion_mnist_goes_from_spark_to_scored_parquet(tmp_path):
+    args = [
         "--set", "name=cli", "--set", f"runs_dir={tmp_path}",
         "--set", "data.max_train_rows=2000", "--set", "data.max_test_rows=500",
         "--set", "tune.num_samples=2", "--set", "train.max_epochs=2", "--set", "tune.n_startup_trials=2",
-        "--set", "tune.time_budget_s=null",
-    )
+        "--set", "tune.time_budget_s=null", "--set", "distill.max_epochs=2",
+    ]
+    proc = run_cli("run", str(CONFIG), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "cli"
     summary = json.loads((run / "summary.json").read_text())
@@ -62,16 +62,29 @@ def test_tune_on_a_slice_of_fashion_mnist_writes_the_run_directory(tmp_path):
     assert tune_block["trials"] == 2
     assert tune_block["completed"] + tune_block["pruned"] + tune_block["failed"] == 2
     assert set(tune_block["best_config"]) >= {"model.num_blocks", "train.lr", "train.optimizer"}
-    test = summary["models"]["teacher"]["test"]
-    assert set(test) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1"}
-    assert test["accuracy"] > 0.5  # chance is 0.1
-    assert set(summary["durations_s"]) >= {"ingest", "tune", "evaluate", "total"}
+    models = summary["models"]
+    assert set(models) == {"teacher", "student", "student_int8"}
+    for block in models.values():
+        assert set(block["test"]) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1"}
+        assert block["size_bytes"] > 0 and block["latency_ms_per_sample"] > 0
+    assert models["teacher"]["test"]["accuracy"] > 0.5  # chance is 0.1
+    assert models["student_int8"]["size_bytes"] < models["teacher"]["size_bytes"]
+    score = summary["score"]
+    assert score["rows"] == 500
+    # accuracy computed in Spark from the written Parquet equals the same model's in-process accuracy
+    assert score["accuracy_in_spark"] == pytest.approx(score["accuracy_in_process"], abs=1e-9)
+    assert set(summary["durations_s"]) >= {"ingest", "tune", "distill", "quantize", "score", "total"}
     assert summary["peak_rss_bytes"] > 500 * 2**20
 
     assert len(list((run / "trials").glob("*.json"))) == 2
     assert (run / "config.yaml").is_file() and (run / "search_space.yaml").is_file()
+    assert (run / "report.html").read_text().count("<svg") >= 3
     model, meta = load_model(run / "teacher")
-    assert meta["test_metrics"]["accuracy"] == pytest.approx(test["accuracy"])
-    assert meta["normalizer"]["std"] > 0
-    # one progress line per finished trial
-    assert proc.stdout.count("[tune ") == 2
+    assert meta["test_metrics"]["accuracy"] == pytest.approx(models["teacher"]["test"]["accuracy"])
+    assert proc.stdout.count("[tune ") == 2  # one progress line per finished trial
+
+    # every stage is recorded: a second run resumes and redoes nothing
+    again = run_cli("run", str(CONFIG), *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already done" in again.stdout and "stages to run: none" in again.stdout
+    assert json.loads((run / "summary.json").read_text())["models"] == summary["models"]
