@@ -34,7 +34,10 @@ def _score(args: argparse.Namespace) -> Any:
     config = load_config(args.config, args.set)
     with running(config.runtime) as runtime:
         result = score_to_parquet(runtime.spark, args.input, args.model, args.output, batch_size=config.score.batch_size)
-    print(f"[score] {result}")
+    rejected = sum(result.rejected.values())
+    accuracy = "" if result.accuracy is None else f"; accuracy {result.accuracy:.4f} (label column)"
+    print(f"[score] {result.rows} rows ({result.scored} scored, {rejected} rejected {result.rejected if rejected else ''}) "
+          f"-> {result.output_path} in {result.duration_s:.1f} s{accuracy}")
     return result
 
 
