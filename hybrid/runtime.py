@@ -194,9 +194,18 @@ def _free_port() -> int:
 
 
 def _mapped_paths() -> set[str]:
-    """Files memory-mapped by any live process (read from /proc; empty where unreadable)."""
+    """Files under /tmp/ray memory-mapped by live processes other than this one and its children.
+
+    Our own Spark gateway JVM keeps RayDP's library mapped until this process exits; on Linux a
+    mapped file can be unlinked safely, so only other processes' mappings keep a directory.
+    """
+    import psutil
+
+    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
     paths: set[str] = set()
     for maps in Path("/proc").glob("[0-9]*/maps"):
+        if int(maps.parent.name) in ours:
+            continue
         with contextlib.suppress(OSError):
             for line in maps.read_text().splitlines():
                 if "/tmp/ray/" in line:
