@@ -177,18 +177,25 @@ def _measure_model(ctx: _Run, model: Any, *, family: str, file_bytes: int) -> di
             "latency_ms_per_sample": latency}
 
 
-def _stage_tune(ctx: _Run) -> dict[str, Any]:
+def _adopt_checkpoint(ctx: _Run, checkpoint: Path, name: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Copy a float checkpoint to ``run_dir/name`` and measure it: ``(directory, metadata, summary block)``."""
     from hybrid.artifacts import WEIGHTS
+
+    directory = ctx.run_dir / name
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(checkpoint, directory)
+    model, meta = load_model(directory)
+    block = _measure_model(ctx, model, family=meta["family"], file_bytes=(directory / WEIGHTS).stat().st_size)
+    return directory, meta, block
+
+
+def _stage_tune(ctx: _Run) -> dict[str, Any]:
     from hybrid.tune import tune
 
     config, data = ctx.config, ctx.data
     result = tune(config, {"train": data.train, "val": data.val}, train_rows=data.counts["train"],
                   metadata=_metadata(ctx), echo=ctx.echo)
-    teacher_dir = ctx.run_dir / "teacher"
-    shutil.rmtree(teacher_dir, ignore_errors=True)
-    shutil.copytree(result.best_checkpoint, teacher_dir)
-    model, meta = load_model(teacher_dir)
-    block = _measure_model(ctx, model, family=meta["family"], file_bytes=(teacher_dir / WEIGHTS).stat().st_size)
+    teacher_dir, meta, block = _adopt_checkpoint(ctx, result.best_checkpoint, "teacher")
     update_metadata(teacher_dir, test_metrics=block["test"], test_confusion_matrix=block["test_confusion_matrix"],
                     trial_id=result.best.trial_id, params=result.best.params)
     block.update(path=str(teacher_dir), family=meta["family"], config=meta["config"],
@@ -208,7 +215,7 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
     import ray
 
     from hybrid._dataclass_io import to_dict
-    from hybrid.artifacts import WEIGHTS, read_metadata
+    from hybrid.artifacts import read_metadata
     from hybrid.distill import add_teacher_logits, student_config
     from hybrid.models import get_family
     from hybrid.train import LoopSpec, build_trainer, checkpoint_dir
@@ -243,11 +250,7 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
     if result.error is not None:
         raise result.error
     best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
-    student_dir = ctx.run_dir / "student"
-    shutil.rmtree(student_dir, ignore_errors=True)
-    shutil.copytree(checkpoint_dir(best), student_dir)
-    model, meta = load_model(student_dir)
-    block = _measure_model(ctx, model, family=family, file_bytes=(student_dir / WEIGHTS).stat().st_size)
+    student_dir, meta, block = _adopt_checkpoint(ctx, checkpoint_dir(best), "student")
     update_metadata(student_dir, test_metrics=block["test"], distill=to_dict(config.distill))
     block.update(path=str(student_dir), family=family, config=meta["config"], val=meta["val_metrics"])
     ctx.echo(f"[distill] student test accuracy {block['test']['accuracy']:.4f}")
