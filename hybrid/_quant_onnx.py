@@ -39,7 +39,7 @@ def export(
     with quiet():
         torch.onnx.export(
             model, example, path, dynamo=True, opset_version=opset, input_names=list(input_names),
-            output_names=[output_name], dynamic_shapes=batch_dynamic_shapes(len(example)),
+            output_names=[output_name], dynamic_shapes=batch_dynamic_shapes(len(example), example),
             external_data=False, verbose=False,
         )
 
@@ -66,12 +66,16 @@ def quantize_to_bytes(
         export(model, example, float_path, input_names=input_names, output_name=output_name, opset=opset)
         # Shape inference and graph optimisation (folds batch norm into convolutions) before quantizing,
         # as ONNX Runtime's quantization guide recommends.
-        ort_quant.shape_inference.quant_pre_process(float_path, pre_path)
+        # Symbolic shape inference cannot follow a free sequence length through attention masks
+        # ("Incomplete symbolic shape inference"); ONNX's own shape inference still runs.
+        free_length = any(not x.is_floating_point() and x.dim() == 2 for x in example)
+        ort_quant.shape_inference.quant_pre_process(float_path, pre_path, skip_symbolic_shape=free_length)
         if dynamic:
-            # Matrix products only: ONNX Runtime's dynamic ConvInteger ran about 10x slower than float here.
+            # Matrix products and embedding lookups (Gather: a BERT's word embeddings are a third of its
+            # weights), not convolutions: ONNX Runtime's dynamic ConvInteger ran about 10x slower than float here.
             ort_quant.quantize_dynamic(
                 pre_path, int8_path, weight_type=ort_quant.QuantType.QInt8, per_channel=per_channel,
-                op_types_to_quantize=["MatMul", "Gemm"],
+                op_types_to_quantize=["MatMul", "Gemm", "Gather"],
             )
         else:
             ort_quant.quantize_static(

@@ -81,7 +81,7 @@ def quantize_to_bytes(model: nn.Module, calibration: list[Inputs], example: Inpu
                 "the torch int8 backend needs torchao: pip install torchao (pyproject.toml has the tested pin)"
             ) from None
 
-        shapes = batch_dynamic_shapes(len(example))
+        shapes = batch_dynamic_shapes(len(example), example)
         exported = torch.export.export(model, example, dynamic_shapes=shapes)
         quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
         prepared = prepare_pt2e(exported.module(), quantizer)
@@ -108,10 +108,19 @@ def runner(payload: bytes, example: Inputs) -> Callable[[Inputs], torch.Tensor]:
     return run
 
 
-def batch_dynamic_shapes(num_inputs: int) -> tuple[dict[int, Any], ...]:
-    """``dynamic_shapes`` making dimension 0 of every input one shared, free batch size."""
+def batch_dynamic_shapes(num_inputs: int, example: Inputs | None = None) -> tuple[dict[int, Any], ...]:
+    """``dynamic_shapes`` making dimension 0 of every input one shared, free batch size.
+
+    With ``example``, dimension 1 of integer inputs (token ids and masks) is one shared, free sequence
+    length too, so a text model takes batches padded to any length up to 512 positions.
+    """
     batch = torch.export.Dim("batch", min=1)
-    return tuple({0: batch} for _ in range(num_inputs))
+    seq = torch.export.Dim("seq", min=2, max=512)
+    if example is None:
+        return tuple({0: batch} for _ in range(num_inputs))
+    return tuple(
+        {0: batch, 1: seq} if not x.is_floating_point() and x.dim() == 2 else {0: batch} for x in example
+    )
 
 
 def drop_unused_attributes(module: torch.fx.GraphModule) -> None:
@@ -202,7 +211,7 @@ def lower_for_x86(module: torch.fx.GraphModule, example: tuple[torch.Tensor, ...
     # quantize/dequantize patterns that the freezing passes fuse into oneDNN kernels stay intact.
     table = {op: fn for op, fn in torch.export.default_decompositions().items() if _is_cia_op(op)}
     lowered = (
-        torch.export.export(module, example, dynamic_shapes=batch_dynamic_shapes(len(example)), strict=False)
+        torch.export.export(module, example, dynamic_shapes=batch_dynamic_shapes(len(example), example), strict=False)
         .run_decompositions(table)
         .module()
     )

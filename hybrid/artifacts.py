@@ -36,9 +36,11 @@ def sha256_file(path: Path) -> str:
 
 
 def write_manifest(directory: Path) -> dict[str, str]:
-    """Hash every file in ``directory`` (except the manifest) into ``manifest.json``."""
+    """Hash every file under ``directory`` (sub-directories included, except the manifest) into ``manifest.json``."""
     files = {
-        p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST
+        p.relative_to(directory).as_posix(): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST
     }
     (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=2) + "\n")
     return files
@@ -85,9 +87,14 @@ def save_model(directory: str | Path, model: Any, *, family: str, config: Any, *
     """
     from safetensors.torch import save_file
 
+    from hybrid.models import get_family
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)
+    exporter = get_family(family).export_assets
+    if exporter is not None:
+        config = exporter(module, config, directory)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(directory / WEIGHTS))
     meta = {"family": family, "config": to_dict(config), **to_dict(metadata)}
@@ -132,7 +139,24 @@ def load_model(directory: str | Path) -> tuple[Any, dict[str, Any]]:
 
         if any((directory / name).exists() for name in MODEL_FILES.values()):
             return load_quantized(directory)
+    from hybrid.models import get_family
+
     meta = read_metadata(directory)
-    model = create_model(meta["family"], config=model_config(meta["family"], meta["config"]))
+    localize = get_family(meta["family"]).localize
+    params = localize(meta["config"], directory) if localize is not None else meta["config"]
+    model = create_model(meta["family"], config=model_config(meta["family"], params))
     model.load_state_dict(load_file(str(directory / WEIGHTS)))
     return model.eval(), meta
+
+
+def model_collate(directory: str | Path, meta: dict[str, Any] | None = None) -> Any:
+    """The ``collate_fn`` that batches rows for the model saved in ``directory`` (None: Ray's default)."""
+    from hybrid.models import collate_fn, get_family, model_config
+
+    directory = Path(directory)
+    meta = meta if meta is not None else json.loads((directory / META).read_text())
+    family = get_family(meta["family"])
+    if family.collate is None:
+        return None
+    params = family.localize(meta["config"], directory) if family.localize is not None else meta["config"]
+    return collate_fn(meta["family"], model_config(meta["family"], params))

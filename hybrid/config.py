@@ -25,7 +25,7 @@ from hybrid.quantize import QuantizeConfig
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["constant", "step", "cosine", "onecycle"]
 Optimizer = Literal["sgd", "adamw"]
-TuneMetric = Literal["val_accuracy", "val_macro_f1", "val_loss"]
+TuneMetric = Literal["val_accuracy", "val_macro_f1", "val_loss", "val_f1", "val_exact_match"]
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,28 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the labelled images come from and how they are validated and split."""
+    """Where the labelled examples come from and how they are validated and split."""
 
-    source: Literal["fashion_mnist", "parquet"] = "fashion_mnist"
-    """``fashion_mnist``: the IDX files under ``path``; ``parquet``: tables with ``pixels`` and ``label`` columns."""
+    source: Literal["fashion_mnist", "parquet", "sentence_polarity", "csv", "squad"] = "fashion_mnist"
+    """``fashion_mnist``: the IDX files under ``path``; ``parquet``/``csv``: a user table (``pixels`` and ``label``
+    columns for images, ``text_column`` and ``label_column`` for text); ``sentence_polarity``: the rated movie-review
+    sentences file; ``squad``: SQuAD v1.1/v2 JSON (question answering)."""
+    modality: Literal["images", "text", "qa"] = "images"
+    """What a row holds: an image, a text to classify, or a question with its context and answers."""
     path: str = "/usr/share/datasets/fashion-mnist"
-    """Directory of the IDX files, or the Parquet training table."""
+    """Directory of the IDX files, or the training table (file or directory)."""
     test_path: str | None = None
-    """Parquet test table (``parquet`` source only; the IDX source has its own 10k test set)."""
+    """Held-out test table (``parquet``/``csv``/``squad``); without it ``test_fraction`` of ``path`` is held out."""
+    test_fraction: float = 0.0
+    """Fraction of each class held out as the test split when the source has no test table."""
+    text_column: str = "text"
+    """Text sources: the column holding the text."""
+    label_column: str = "label"
+    """Text sources: the column holding the label (integers in ``[0, num_classes)`` or names in ``label_names``)."""
+    max_seq_length: int = 128
+    """Text: tokens kept per row at tokenisation (the model's ``max_length`` may truncate further per batch)."""
+    doc_stride: int = 64
+    """Question answering: tokens shared by consecutive windows of a long context."""
     image_size: int = 28
     """Height and width of the square images; rows must hold ``image_size**2`` pixels."""
     num_classes: int = 10
@@ -96,8 +110,20 @@ class DataConfig:
             require(value is None or value >= 1, f"{key} must be >= 1, but got {value}")
         require(self.blocks_per_split >= 1, f"blocks_per_split must be >= 1, but got {self.blocks_per_split}")
         require(
-            self.source == "parquet" or self.test_path is None,
-            "test_path is only read for source='parquet'; the fashion_mnist source has its own test set",
+            self.source in ("parquet", "csv", "squad") or self.test_path is None,
+            f"test_path is only read for the parquet, csv and squad sources, not {self.source!r}",
+        )
+        require(0.0 <= self.test_fraction < 1.0, f"test_fraction must be in [0, 1), but got {self.test_fraction}")
+        require(self.max_seq_length >= 8, f"max_seq_length must be >= 8, but got {self.max_seq_length}")
+        require(self.doc_stride >= 1, f"doc_stride must be >= 1, but got {self.doc_stride}")
+        expected = {"fashion_mnist": "images", "sentence_polarity": "text", "squad": "qa"}.get(self.source)
+        require(
+            expected is None or self.modality == expected,
+            f"modality must be {expected!r} for source={self.source!r}, but got {self.modality!r}",
+        )
+        require(
+            self.source != "csv" or self.modality != "images",
+            "source='csv' holds text (modality 'text' or 'qa'); store images as Parquet",
         )
 
 
@@ -364,7 +390,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
             if (base / space).exists():
                 space = base / space
                 break
-    return dataclasses.replace(config, tune=dataclasses.replace(config.tune, search_space=str(space)))
+    config = dataclasses.replace(config, tune=dataclasses.replace(config.tune, search_space=str(space)))
+    pretrained = getattr(config.model, "pretrained_dir", None)
+    if pretrained and not Path(pretrained).is_absolute():
+        # Ray workers run in other working directories: pin the model directory now.
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, pretrained_dir=str(Path(pretrained).resolve()))
+        )
+    return config
 
 
 def check_paths(config: Config, *, need_search_space: bool = True) -> None:
@@ -378,9 +411,13 @@ def check_paths(config: Config, *, need_search_space: bool = True) -> None:
         checks.append(("data.test_path", config.data.test_path))
     if need_search_space:
         checks.append(("tune.search_space", config.tune.search_space))
+    if getattr(config.model, "pretrained_dir", None):
+        checks.append(("model.pretrained_dir", config.model.pretrained_dir))
     for key, value in checks:
         if not Path(value).exists():
             hint = ""
             if key == "data.path" and config.data.source == "fashion_mnist":
                 hint = " (install it with `apt-get install dataset-fashion-mnist`, or pass --set data.path=DIR)"
+            if key == "data.path" and config.data.source == "sentence_polarity" or key == "model.pretrained_dir":
+                hint = " (scripts/setup.sh installs the demo data and model under data/)"
             raise ConfigError(f"{key}: path {value!r} does not exist{hint}")

@@ -40,7 +40,9 @@ class DistillConfig:
     teacher's probability over more classes. The soft term is scaled by ``T**2`` so that its gradients
     keep their size as ``T`` changes."""
     width_multiplier: float = 0.5
-    """The student's widths (``base_channels``, ``head_width``) as a fraction of the teacher's."""
+    """The student's size as a fraction of the teacher's: a CNN's widths (``base_channels``, ``head_width``);
+    a BERT's encoder layers (evenly spaced, ending with the top one: 6 layers at 0.5 keep 1, 3 and 5),
+    copied from the fine-tuned teacher."""
     student: dict[str, Any] = field(default_factory=dict)
     """Architecture overrides applied last (e.g. ``{num_blocks: 2}``)."""
     max_epochs: int | None = None
@@ -112,14 +114,19 @@ class _TeacherLogits:
     """Ray Data callable class: loads the teacher once per actor, adds its logits to each batch."""
 
     def __init__(self, model_dir: str, input_columns: tuple[str, ...]) -> None:
-        from hybrid.artifacts import load_model
+        from hybrid.artifacts import load_model, model_collate
 
         torch.set_num_threads(1)
-        self.model, _ = load_model(model_dir)
+        self.model, meta = load_model(model_dir)
+        self.collate = model_collate(model_dir, meta)
         self.columns = input_columns
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs = [torch.as_tensor(np.stack(batch[c]).astype(np.float32)) for c in self.columns]
+        if self.collate is not None:
+            padded = self.collate(batch)
+            inputs = [padded[c] for c in self.columns]
+        else:
+            inputs = [torch.as_tensor(np.stack(batch[c]).astype(np.float32)) for c in self.columns]
         with torch.no_grad():
             batch[TEACHER_LOGITS] = self.model(*inputs).float().numpy()  # (batch, num_classes)
         return batch
@@ -144,10 +151,26 @@ WIDTH_FIELDS = ("base_channels", "head_width")
 
 
 def student_config(
-    family: str, teacher_config: dict[str, Any], overrides: dict[str, Any], *, width_multiplier: float = 1.0
+    family: str, teacher_config: dict[str, Any], overrides: dict[str, Any], *, width_multiplier: float = 1.0,
+    teacher_dir: str | Path | None = None,
 ) -> Any:
-    """The student's architecture: the teacher's, narrowed by ``width_multiplier``, then ``overrides``."""
+    """The student's architecture: the teacher's, narrowed by ``width_multiplier``, then ``overrides``.
+
+    A BERT student (``teacher_dir`` required) keeps a subset of the teacher's layers and starts from the
+    teacher's fine-tuned weights.
+    """
     from hybrid.models import model_config
+
+    if "pretrained_dir" in teacher_config:
+        from hybrid.models.bert import ENCODER_DIR, student_layers
+
+        if teacher_dir is None:
+            raise ValueError("a BERT student starts from its teacher's weights: pass teacher_dir")
+        teacher_dir = Path(teacher_dir).resolve()
+        layers = student_layers(teacher_dir / ENCODER_DIR, width_multiplier)
+        params = {**teacher_config, "pretrained_dir": str(teacher_dir / ENCODER_DIR), "init_from": str(teacher_dir),
+                  "keep_layers": layers, "num_layers": 0, "frozen_layers": 0}
+        return model_config(family, {**params, **overrides})
 
     narrowed = {
         k: (max(1, round(v * width_multiplier)) if v else v) if k in WIDTH_FIELDS else v

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from hybrid.config import DataConfig
-from hybrid.errors import DataError
+from hybrid.errors import ConfigError, DataError
 from hybrid.sources import read_image_tables
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PIXELS, LABEL, REASON = "pixels", "label", "reason"
+TEST_TABLE = "test.parquet"
+"""Text runs: the held-out test split (``text``, ``label``), under ``<run_dir>/data/``."""
 REASONS = (
     "label_null",
     "label_not_integer",
@@ -58,7 +60,8 @@ class Normalizer:
 
 @dataclass
 class IngestResult:
-    """Three Ray datasets of ``(pixels: float32[h*w], label: int32)`` plus what ingest counted."""
+    """Three Ray datasets plus what ingest counted: rows of ``(pixels: float32[h*w], label: int32)`` for
+    images, ``(input_ids: list<int32>, label: int32)`` for text."""
 
     train: ray.data.Dataset
     val: ray.data.Dataset
@@ -69,19 +72,25 @@ class IngestResult:
     """Rejected rows per rule (all tables); every rule is present, zero when clean."""
     counts: dict[str, int]
     """Rows per split after validation: ``train``, ``val``, ``test``."""
-    normalizer: Normalizer
+    normalizer: Normalizer | None
+    """Images only: the pixel standardisation fitted on the training split."""
     label_names: tuple[str, ...]
     quarantine_path: str | None = None
     """Parquet table of rejected rows with their ``reason`` and ``table`` columns (None when none)."""
     durations_s: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Rows a documented source rule removed before validation (e.g. neutral polarity ratings), by rule."""
+    max_seq_length: int | None = None
+    """Text only: tokens kept per row at tokenisation."""
 
     def summary(self) -> dict[str, Any]:
         """The ``data`` block of ``summary.json``."""
         return {
             "rows_in": self.rows_in,
             "quarantined": dict(self.quarantined),
+            "dropped": dict(self.dropped),
             **self.counts,
-            "normalizer": self.normalizer.to_dict(),
+            "normalizer": self.normalizer.to_dict() if self.normalizer is not None else None,
             "label_names": list(self.label_names),
             "quarantine_path": self.quarantine_path,
         }
@@ -136,13 +145,15 @@ def reject_reason(df: DataFrame, *, num_pixels: int, num_classes: int) -> Column
     return expr
 
 
-def stratified_split(df: DataFrame, *, val_fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+def stratified_split(
+    df: DataFrame, *, val_fraction: float, seed: int, content: str = PIXELS
+) -> tuple[DataFrame, DataFrame]:
     """Split ``df`` into (train, val) so each label keeps ``round(n_label * val_fraction)`` rows in val.
 
     Deterministic for a given seed and content, whatever the partitioning: rows are ordered inside
-    each label by a hash of the seed and the row itself.
+    each label by a hash of the seed and the row itself (its label and ``content`` column).
     """
-    key = F.xxhash64(F.lit(seed), F.col(LABEL), F.col(PIXELS))
+    key = F.xxhash64(F.lit(seed), F.col(LABEL), F.col(content))
     by_label = Window.partitionBy(LABEL)
     ranked = (
         df.withColumn("_n", F.count(F.lit(1)).over(by_label))
@@ -198,13 +209,51 @@ def to_ray(df: DataFrame, *, num_blocks: int) -> ray.data.Dataset:
     return ds
 
 
-def ingest(spark: SparkSession, config: DataConfig, *, run_dir: str | Path) -> IngestResult:
-    """Read, validate, quarantine, split, normalise and convert the image tables ``config`` names.
+def quarantine(tagged: dict[str, DataFrame], reasons: tuple[str, ...], run_dir: Path) -> tuple[int, dict[str, int], str | None]:
+    """Count rows per rule and write the rejected ones (with ``reason`` and ``table``) to ``quarantine.parquet``.
+
+    Returns:
+        ``(rows read, rejected rows per rule, quarantine path or None)``.
+    """
+    quarantined = dict.fromkeys(reasons, 0)
+    rows_in = 0
+    for df in tagged.values():
+        for row in df.groupBy(REASON).count().collect():
+            rows_in += row["count"]
+            if row[REASON] is not None:
+                quarantined[row[REASON]] += row["count"]
+    path = None
+    if sum(quarantined.values()):
+        path = str((run_dir / "quarantine.parquet").resolve())
+        bad = [df.where(F.col(REASON).isNotNull()).withColumn("table", F.lit(name)) for name, df in tagged.items()]
+        union = bad[0]
+        for other in bad[1:]:
+            union = union.unionByName(other)
+        union.write.mode("overwrite").parquet(path)
+        log.warning("quarantined %d rows to %s: %s", sum(quarantined.values()), path,
+                    {k: v for k, v in quarantined.items() if v})
+    return rows_in, quarantined, path
+
+
+def _check_counts(counts: dict[str, int], quarantined: dict[str, int]) -> None:
+    if counts["train"] == 0 or counts["val"] == 0:
+        raise DataError(
+            f"after validation the training table has {counts['train']} training and {counts['val']} "
+            f"validation rows; both must be > 0 (quarantined: {quarantined})"
+        )
+
+
+def ingest(
+    spark: SparkSession, config: DataConfig, *, run_dir: str | Path, tokenizer_dir: str | None = None
+) -> IngestResult:
+    """Read, validate, quarantine, split (and normalise or tokenise) the tables ``config`` names, then
+    hand the splits to Ray.
 
     Args:
         spark: A session, normally Spark on Ray from :func:`hybrid.runtime.running`.
         config: The ``data`` section.
         run_dir: Run directory; the quarantine table and the source's Parquet copy go under it.
+        tokenizer_dir: Text only: the local directory of the model's tokenizer.
 
     Returns:
         The Ray datasets and what was counted on the way.
@@ -212,9 +261,21 @@ def ingest(spark: SparkSession, config: DataConfig, *, run_dir: str | Path) -> I
     Raises:
         DataError: On a wrong schema, or when no valid training rows remain.
     """
+    if config.modality == "text":
+        if tokenizer_dir is None:
+            raise ConfigError("text data needs a tokenizer: model.pretrained_dir must name the model's directory")
+        return ingest_text(spark, config, run_dir=Path(run_dir), tokenizer_dir=tokenizer_dir)
+    if config.modality == "qa":
+        from hybrid.ingest_qa import ingest_qa
+
+        return ingest_qa(spark, config, run_dir=Path(run_dir))
+    return ingest_images(spark, config, run_dir=Path(run_dir))
+
+
+def ingest_images(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> IngestResult:
+    """:func:`ingest` for image tables: pixels standardised with statistics of the training split."""
     import time
 
-    run_dir = Path(run_dir)
     durations: dict[str, float] = {}
     t0 = time.perf_counter()
     tables = read_image_tables(spark, config, work_dir=run_dir / "data")
@@ -224,21 +285,7 @@ def ingest(spark: SparkSession, config: DataConfig, *, run_dir: str | Path) -> I
         check_schema(df, table=name)
         reason = reject_reason(df, num_pixels=num_pixels, num_classes=config.num_classes)
         tagged[name] = df.withColumn(REASON, reason).persist()
-
-    quarantined = dict.fromkeys(REASONS, 0)
-    rows_in = 0
-    for name, df in tagged.items():
-        for row in df.groupBy(REASON).count().collect():
-            rows_in += row["count"]
-            if row[REASON] is not None:
-                quarantined[row[REASON]] += row["count"]
-    quarantine_path = None
-    if sum(quarantined.values()):
-        quarantine_path = str((run_dir / "quarantine.parquet").resolve())
-        bad = [df.where(F.col(REASON).isNotNull()).withColumn("table", F.lit(name)) for name, df in tagged.items()]
-        bad[0].unionByName(bad[1]).write.mode("overwrite").parquet(quarantine_path)
-        log.warning("quarantined %d rows to %s: %s", sum(quarantined.values()), quarantine_path,
-                    {k: v for k, v in quarantined.items() if v})
+    rows_in, quarantined, quarantine_path = quarantine(tagged, REASONS, run_dir)
     clean = {name: df.where(F.col(REASON).isNull()).select(PIXELS, LABEL) for name, df in tagged.items()}
     durations["validate"] = time.perf_counter() - t0
 
@@ -256,20 +303,77 @@ def ingest(spark: SparkSession, config: DataConfig, *, run_dir: str | Path) -> I
     train.unpersist()
     for df in tagged.values():
         df.unpersist()
-    if counts["train"] == 0 or counts["val"] == 0:
-        raise DataError(
-            f"after validation the training table has {counts['train']} training and {counts['val']} "
-            f"validation rows; both must be > 0 (quarantined: {quarantined})"
-        )
+    _check_counts(counts, quarantined)
     return IngestResult(
-        train=datasets["train"],
-        val=datasets["val"],
-        test=datasets["test"],
-        rows_in=rows_in,
-        quarantined=quarantined,
-        counts=counts,
-        normalizer=norm,
-        label_names=tables.label_names,
-        quarantine_path=quarantine_path,
-        durations_s=durations,
+        train=datasets["train"], val=datasets["val"], test=datasets["test"], rows_in=rows_in,
+        quarantined=quarantined, counts=counts, normalizer=norm, label_names=tables.label_names,
+        quarantine_path=quarantine_path, durations_s=durations,
+    )
+
+
+def ingest_text(spark: SparkSession, config: DataConfig, *, run_dir: Path, tokenizer_dir: str) -> IngestResult:
+    """:func:`ingest` for text tables: validated and split in Spark, tokenised in Ray Data after the hand-over."""
+    import time
+
+    from hybrid.ingest_text import (
+        TEXT_REASONS,
+        check_text_schema,
+        label_index,
+        read_text_tables,
+        text_reject_reason,
+        tokenize_dataset,
+    )
+    from hybrid.text import TEXT, load_tokenizer
+
+    durations: dict[str, float] = {}
+    t0 = time.perf_counter()
+    tables = read_text_tables(spark, config, work_dir=run_dir / "data")
+    load_tokenizer(tokenizer_dir)  # a bad model directory fails here, before any Spark job runs
+    raw = {"train": tables.train, **({"test": tables.test} if tables.test is not None else {})}
+    tagged: dict[str, DataFrame] = {}
+    for name, df in raw.items():
+        check_text_schema(df, table=name)
+        reason = text_reject_reason(df, num_classes=config.num_classes, label_names=tables.label_names)
+        tagged[name] = df.withColumn(REASON, reason).persist()
+    rows_in, quarantined, quarantine_path = quarantine(tagged, TEXT_REASONS, run_dir)
+    clean = {
+        name: df.where(F.col(REASON).isNull()).select(F.col(TEXT), label_index(df, tables.label_names).alias(LABEL))
+        for name, df in tagged.items()
+    }
+    durations["validate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if "test" in clean:
+        rest, test = clean["train"], clean["test"]
+    else:
+        if config.test_fraction <= 0:
+            raise ConfigError(
+                f"data.source={config.source!r} has no test table: set data.test_fraction (e.g. 0.15) or data.test_path"
+            )
+        rest, test = stratified_split(clean["train"], val_fraction=config.test_fraction, seed=config.seed + 1,
+                                      content=TEXT)
+    train, val = stratified_split(rest, val_fraction=config.val_fraction, seed=config.seed, content=TEXT)
+    splits = {"train": train, "val": val, "test": test}
+    # The held-out test table as text, for scoring in Spark later (the scorer tokenises for itself).
+    test.write.mode("overwrite").parquet(str((run_dir / "data" / TEST_TABLE).resolve()))
+    durations["split"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    converted = {name: to_ray(df, num_blocks=config.blocks_per_split) for name, df in splits.items()}
+    durations["to_ray"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    datasets = {
+        name: tokenize_dataset(ds, tokenizer_dir=tokenizer_dir, max_length=config.max_seq_length)
+        for name, ds in converted.items()
+    }
+    counts = {name: ds.count() for name, ds in datasets.items()}
+    durations["tokenize"] = time.perf_counter() - t0
+    for df in tagged.values():
+        df.unpersist()
+    _check_counts(counts, quarantined)
+    return IngestResult(
+        train=datasets["train"], val=datasets["val"], test=datasets["test"], rows_in=rows_in,
+        quarantined=quarantined, counts=counts, normalizer=None, label_names=tables.label_names,
+        quarantine_path=quarantine_path, durations_s=durations, dropped=tables.dropped,
+        max_seq_length=config.max_seq_length,
     )

@@ -139,7 +139,8 @@ def _ingest(ctx: _Run) -> None:
 
     spark = ctx.spark()
     with ctx.timer("ingest"):
-        data = ingest(spark, ctx.config.data, run_dir=ctx.run_dir)
+        tokenizer_dir = getattr(ctx.config.model, "pretrained_dir", None)
+        data = ingest(spark, ctx.config.data, run_dir=ctx.run_dir, tokenizer_dir=tokenizer_dir)
     bad = {k: v for k, v in data.quarantined.items() if v}
     ctx.echo(
         f"[ingest] {data.rows_in} rows in; train {data.counts['train']}, val {data.counts['val']}, "
@@ -154,23 +155,42 @@ def _ingest(ctx: _Run) -> None:
 
 def _metadata(ctx: _Run) -> dict[str, Any]:
     data = ctx.data
-    return {"normalizer": data.normalizer.to_dict(), "label_names": list(data.label_names)}
+    meta: dict[str, Any] = {"label_names": list(data.label_names)}
+    if data.normalizer is not None:
+        meta["normalizer"] = data.normalizer.to_dict()
+    if data.max_seq_length is not None:
+        meta["max_seq_length"] = data.max_seq_length
+    return meta
 
 
-def _measure_model(ctx: _Run, model: Any, *, family: str, file_bytes: int) -> dict[str, Any]:
-    """Test metrics, size and latency (batch 256, all cores) of a float or int8 model."""
+def _shipped_metadata(directory: Path) -> dict[str, Any]:
+    """What the scorer needs from a model's ``model.json`` besides the model (preprocessing, names)."""
+    from hybrid.artifacts import read_metadata
+
+    meta = read_metadata(directory)
+    return {k: meta[k] for k in ("normalizer", "label_names", "max_seq_length") if k in meta}
+
+
+def _measure_model(ctx: _Run, model: Any, *, directory: Path, file_bytes: int) -> dict[str, Any]:
+    """Test metrics, size and latency (batch 256, all cores) of the float or int8 model saved in ``directory``."""
     import numpy as np
     import torch
 
+    from hybrid.artifacts import model_collate
     from hybrid.models import get_family
     from hybrid.quantize import latency_ms_per_sample
     from hybrid.train import evaluate
 
+    meta = json.loads((directory / "model.json").read_text())
+    family, collate = meta["family"], model_collate(directory, meta)
     test = evaluate(model, ctx.data.test, model_name=family, num_classes=ctx.config.data.num_classes,
-                    batch_size=ctx.config.train.eval_batch_size)
+                    batch_size=ctx.config.train.eval_batch_size, collate=collate)
     columns = get_family(family).input_columns
     sample = ctx.data.test.take_batch(LATENCY_BATCH, batch_format="numpy")
-    inputs = tuple(torch.as_tensor(np.stack(sample[c]).astype(np.float32)) for c in columns)
+    if collate is not None:
+        inputs = tuple(collate(sample)[c] for c in columns)
+    else:
+        inputs = tuple(torch.as_tensor(np.stack(sample[c]).astype(np.float32)) for c in columns)
     with torch.no_grad():
         latency = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, threads=os.cpu_count() or 1)
     return {"test": test.metrics, "test_confusion_matrix": test.confusion_matrix, "size_bytes": file_bytes,
@@ -185,7 +205,7 @@ def _adopt_checkpoint(ctx: _Run, checkpoint: Path, name: str) -> tuple[Path, dic
     shutil.rmtree(directory, ignore_errors=True)
     shutil.copytree(checkpoint, directory)
     model, meta = load_model(directory)
-    block = _measure_model(ctx, model, family=meta["family"], file_bytes=(directory / WEIGHTS).stat().st_size)
+    block = _measure_model(ctx, model, directory=directory, file_bytes=(directory / WEIGHTS).stat().st_size)
     return directory, meta, block
 
 
@@ -225,7 +245,7 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
     teacher = read_metadata(teacher_dir)
     family = teacher["family"]
     student = student_config(family, teacher["config"], config.distill.student,
-                             width_multiplier=config.distill.width_multiplier)
+                             width_multiplier=config.distill.width_multiplier, teacher_dir=teacher_dir)
     train_cfg = dataclasses.replace(
         config.train, **{k.split(".", 1)[1]: v for k, v in teacher.get("params", {}).items() if k.startswith("train.")}
     )
@@ -235,7 +255,8 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
     free = int(ray.available_resources().get("CPU", 0)) // train_cfg.num_workers
     train_cfg = dataclasses.replace(train_cfg, cpus_per_worker=max(train_cfg.cpus_per_worker, free))
     t0 = time.perf_counter()
-    train = add_teacher_logits(data.train, teacher_dir, input_columns=get_family(family).input_columns)
+    train = add_teacher_logits(data.train, teacher_dir, input_columns=get_family(family).input_columns,
+                               batch_size=config.train.eval_batch_size)
     logits_s = time.perf_counter() - t0
     changed = {k: v for k, v in to_dict(student).items() if teacher["config"].get(k) != v}
     ctx.echo(f"[distill] teacher logits for {data.counts['train']} rows in {logits_s:.1f} s; training the student "
@@ -259,30 +280,35 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
 
 
 def _stage_quantize(ctx: _Run) -> dict[str, Any]:
-    from hybrid.artifacts import read_metadata
+    from hybrid.artifacts import model_collate
     from hybrid.models import get_family
     from hybrid.quantize import quantize, save_quantized
     from hybrid.train import evaluate
 
     config, data = ctx.config, ctx.data
-    model, meta = load_model(ctx.run_dir / "student")
-    teacher, _ = load_model(ctx.run_dir / "teacher")
+    student_dir, teacher_dir = ctx.run_dir / "student", ctx.run_dir / "teacher"
+    model, meta = load_model(student_dir)
+    teacher, _ = load_model(teacher_dir)
     family = meta["family"]
     # The gate's reference: the teacher's accuracy on the validation split, measured here as the int8 will be.
-    reference = evaluate(teacher, data.val, model_name=family, num_classes=config.data.num_classes).metrics["accuracy"]
+    reference = evaluate(teacher, data.val, model_name=family, num_classes=config.data.num_classes,
+                         collate=model_collate(teacher_dir)).metrics["accuracy"]
     columns = get_family(family).input_columns
+    collate = model_collate(student_dir, meta)
     result = quantize(
-        model, data.train.iter_torch_batches(batch_size=256), config.quantize,
-        eval_batches=data.val.iter_torch_batches(batch_size=1024), reference_accuracy=reference,
+        model, data.train.iter_torch_batches(batch_size=256, collate_fn=collate), config.quantize,
+        eval_batches=data.val.iter_torch_batches(batch_size=1024, collate_fn=collate), reference_accuracy=reference,
         input_columns=columns,
     )
     out = {"quantize": result.summary()}
     int8_dir = ctx.run_dir / "student_int8"
     shutil.rmtree(int8_dir, ignore_errors=True)
-    shipped = read_metadata(ctx.run_dir / "student")
-    save_quantized(int8_dir, result.model, family=family, config=meta["config"],
-                   normalizer=shipped["normalizer"], label_names=shipped["label_names"])
-    block = _measure_model(ctx, result.model, family=family, file_bytes=result.model.size_bytes)
+    int8_dir.mkdir(parents=True)
+    for asset in student_dir.iterdir():  # files beside the weights (a tokenizer) travel with the int8 model
+        if asset.is_dir():
+            shutil.copytree(asset, int8_dir / asset.name)
+    save_quantized(int8_dir, result.model, family=family, config=meta["config"], **_shipped_metadata(student_dir))
+    block = _measure_model(ctx, result.model, directory=int8_dir, file_bytes=result.model.size_bytes)
     block.update(path=str(int8_dir), family=family, backend=result.backend, passed_gate=result.passed_gate,
                  val={"accuracy": result.candidates[result.backend].accuracy})
     out["models"] = {"student_int8": block}
@@ -309,8 +335,14 @@ def _stage_score(ctx: _Run) -> dict[str, Any]:
 
     config = ctx.config
     name, model_dir = shipped_model(ctx.run_dir, config, ctx.results)
-    source = (ctx.run_dir / "data" / "fashion_mnist_test.parquet" if config.data.source == "fashion_mnist"
-              else Path(str(config.data.test_path)))
+    from hybrid.ingest import TEST_TABLE
+
+    if config.data.modality == "text":
+        source = ctx.run_dir / "data" / TEST_TABLE
+    elif config.data.source == "fashion_mnist":
+        source = ctx.run_dir / "data" / "fashion_mnist_test.parquet"
+    else:
+        source = Path(str(config.data.test_path))
     output = ctx.run_dir / "scores.parquet"
     result = score_to_parquet(ctx.spark(), source.resolve(), model_dir.resolve(), output.resolve(),
                               batch_size=config.score.batch_size, mode="overwrite")

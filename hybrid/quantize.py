@@ -245,7 +245,7 @@ def quantize(
         calibration = _take_rows(calibration_batches, input_columns, config.calibration_samples)
         eval_inputs, eval_labels = _eval_rows(eval_batches, input_columns)
         specs = tuple(
-            InputSpec(name, (None, *t.shape[1:]), str(t.dtype).removeprefix("torch."))
+            InputSpec(name, _dynamic_shape(t), str(t.dtype).removeprefix("torch."))
             for name, t in zip(input_columns, calibration[0])
         )
         mode = config.mode if config.mode != "auto" else ("static" if _has_conv(model) else "dynamic")
@@ -396,15 +396,16 @@ def load_quantized(directory: str | Path, *, num_threads: int | None = None) -> 
 
 def _measure(
     run: Callable[..., torch.Tensor], logits: torch.Tensor, float_logits: torch.Tensor, labels: torch.Tensor,
-    inputs: tuple[torch.Tensor, ...], config: QuantizeConfig, threads: int,
+    inputs: list[tuple[torch.Tensor, ...]], config: QuantizeConfig, threads: int,
 ) -> Measurement:
-    """Accuracy and closeness of ``logits`` (computed by ``run``), and ``run``'s latency; size is filled in later."""
+    """Accuracy and closeness of ``logits`` (computed by ``run``), and ``run``'s latency on the first batch's
+    rows; size is filled in later."""
     top1 = logits.argmax(1)
     return Measurement(
         accuracy=float((top1 == labels).float().mean()),
         agreement=float((top1 == float_logits.argmax(1)).float().mean()),
         max_abs_logit_diff=float((logits - float_logits).abs().max()),
-        latency_ms_per_sample=_latency_ms(run, inputs, config, threads),
+        latency_ms_per_sample=_latency_ms(run, inputs[0], config, threads),
         size_bytes=0,
     )
 
@@ -479,7 +480,8 @@ def _take_rows(
 
 def _eval_rows(
     batches: Iterable[Mapping[str, Any]], columns: Sequence[str]
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
+    """The batches' inputs, batch by batch (text batches differ in padded length), and all labels."""
     inputs, labels = [], []
     for batch in batches:
         *features, label = _columns(batch, (*columns, LABEL))
@@ -487,11 +489,18 @@ def _eval_rows(
         labels.append(label.long())
     if not labels or not sum(len(y) for y in labels):
         raise DataError("eval_batches hold no rows")
-    return tuple(torch.cat(parts) for parts in zip(*inputs)), torch.cat(labels)
+    return inputs, torch.cat(labels)
 
 
-def _batched(run: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], size: int = 1024) -> torch.Tensor:
-    return torch.cat([run(*(x[i : i + size] for x in inputs)).float() for i in range(0, len(inputs[0]), size)])
+def _batched(run: Callable[..., torch.Tensor], batches: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    return torch.cat([run(*inputs).float() for inputs in batches])
+
+
+def _dynamic_shape(example: torch.Tensor) -> tuple[int | None, ...]:
+    """``None`` for the batch dimension, and for the sequence length of integer (token) inputs."""
+    if not example.is_floating_point() and example.dim() == 2:
+        return (None, None)
+    return (None, *example.shape[1:])
 
 
 def _example(calibration: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:

@@ -1,6 +1,9 @@
 """Score: batch inference with a saved model inside Spark; a bad row is flagged, never fatal.
 
-Data flow for a DataFrame with an image column (``pixels``, an array of numbers):
+Data flow for a DataFrame with an image column (``pixels``, an array of numbers) or a text column
+(``text``, a string; the model directory carries its tokenizer, and rules ``text_null`` and
+``text_empty`` take the place of the pixel rules; each Python worker tokenises its rows, orders them
+by length and pads each batch to its own longest row):
 
 1. **Driver, before any task.** The model directory is verified against its SHA-256 manifest and
    loaded once (a changed byte raises :class:`~hybrid.artifacts.ArtifactError` here, not in a task),
@@ -96,6 +99,9 @@ log = logging.getLogger(__name__)
 
 PIXEL_REASONS = ("pixels_null", "pixel_count", "pixel_null", "pixel_not_finite")
 """The rules of :data:`hybrid.ingest.REASONS` that concern the pixels alone, in the order checked."""
+TEXT_REASONS = ("text_null", "text_empty")
+"""The rules of :data:`hybrid.ingest_text.TEXT_REASONS` that concern the text alone, in the order checked."""
+TEXT_COL = "text"
 
 # Fields of the struct a score column holds (see :func:`score_udf`).
 PREDICTION, PREDICTION_LABEL, PROBABILITY, ERROR = "prediction", "prediction_label", "probability", "error"
@@ -160,6 +166,39 @@ def predict_proba(
     return np.concatenate(predictions), np.concatenate(probabilities)
 
 
+def predict_text_proba(
+    model: Any, collate: Callable[[dict[str, Any]], dict[str, Any]], tokenizer: Any, texts: list[str], *,
+    input_columns: tuple[str, ...], max_length: int, batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenise ``texts`` and run ``model`` on them ``batch_size`` rows at a time.
+
+    Rows are ordered by token count before batching (and put back afterwards), so each padded
+    batch holds rows of similar length: padding is computed for nothing.
+
+    Returns:
+        ``(prediction, probability)`` as in :func:`predict_proba`.
+    """
+    import torch
+
+    from hybrid.text import INPUT_IDS, tokenize
+
+    ids = tokenize(tokenizer, texts, max_length=max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    predictions = np.zeros(len(ids), np.int32)
+    probabilities: np.ndarray | None = None
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            rows = order[start : start + batch_size]
+            batch = collate({INPUT_IDS: np.array([ids[i] for i in rows] + [None], dtype=object)[:-1]})
+            logits = model(*(batch[c] for c in input_columns)).float()  # (batch, num_classes)
+            proba = torch.softmax(logits, dim=1).numpy()
+            if probabilities is None:
+                probabilities = np.zeros((len(ids), proba.shape[1]), np.float32)
+            predictions[rows] = logits.argmax(dim=1).numpy()
+            probabilities[rows] = proba
+    return predictions, probabilities if probabilities is not None else np.zeros((0, 0), np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Validation: Spark SQL expressions, evaluated in the JVM before any row reaches Python.
 
@@ -186,6 +225,30 @@ def pixel_reject_reason(pixels: Column, *, num_pixels: int) -> Column:
     for name, broken in reversed(rules):
         expr = F.when(broken, F.lit(name)).otherwise(expr)
     return expr
+
+
+def text_reject_reason(text: Column) -> Column:
+    """The first text rule (see :data:`TEXT_REASONS`) a row breaks, or null."""
+    return (
+        F.when(text.isNull(), F.lit("text_null"))
+        .when(F.length(F.trim(text)) == 0, F.lit("text_empty"))
+        .otherwise(F.lit(None).cast("string"))
+    )
+
+
+def check_text_column(df: DataFrame, input_col: str) -> None:
+    """Fail on the driver, naming the column and its type, unless ``input_col`` is a string column.
+
+    Raises:
+        DataError: If the column is missing or has another type.
+    """
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if input_col not in fields:
+        raise DataError(f"column '{input_col}' to score is required, but the columns are {sorted(fields)}")
+    if not isinstance(fields[input_col], T.StringType):
+        raise DataError(
+            f"column '{input_col}' must hold strings (one text per row), but has type {fields[input_col].simpleString()}"
+        )
 
 
 def check_pixels_column(df: DataFrame, input_col: str) -> None:
@@ -229,12 +292,29 @@ class ShippedModel:
     ref: ModelRef
     source_dir: Path
     """The directory the caller named."""
-    num_pixels: int
-    """Values per input row (``in_channels * image_size**2``)."""
+    modality: Literal["images", "text"]
+    """What the model reads: pixels arrays or strings."""
+    num_pixels: int | None
+    """Images: values per input row (``in_channels * image_size**2``)."""
     label_names: tuple[str, ...]
     """Class names by index (``"0"``, ``"1"``... when the model has none)."""
-    normalizer: dict[str, float]
-    """``{"mean", "std"}`` from ``model.json``."""
+    normalizer: dict[str, float] | None
+    """Images: ``{"mean", "std"}`` from ``model.json``."""
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The rules a row to score is checked against."""
+        return TEXT_REASONS if self.modality == "text" else PIXEL_REASONS
+
+    def reject_reason(self, column: Column) -> Column:
+        """The first rule ``column``'s value breaks, or null."""
+        if self.modality == "text":
+            return text_reject_reason(column)
+        return pixel_reject_reason(column, num_pixels=int(self.num_pixels or 0))
+
+    def check_column(self, df: DataFrame, input_col: str) -> None:
+        """Fail on the driver unless ``input_col`` has the type this model reads."""
+        (check_text_column if self.modality == "text" else check_pixels_column)(df, input_col)
 
 
 _STAGE_LOCK = threading.Lock()
@@ -271,6 +351,10 @@ def _stage(source: Path, manifest_sha256: str) -> Path:
                     archive.write(source / name, arcname=name)
             partial.rename(target)
     return target
+
+
+def _modality(meta: dict[str, Any]) -> Literal["images", "text"]:
+    return "text" if "pretrained_dir" in (meta.get("config") or {}) else "images"
 
 
 def _num_pixels(meta: dict[str, Any], directory: Path) -> int:
@@ -335,8 +419,10 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
     # Loading (not only hashing) here means that weights which do not fit the config also fail
     # on the driver, with the directory in the message, rather than inside every task.
     _, meta = load_model(source)
-    num_pixels, label_names = _num_pixels(meta, source), _label_names(meta, source)
-    normalizer = _normalizer(meta, source)
+    modality = _modality(meta)
+    label_names = _label_names(meta, source)
+    num_pixels = _num_pixels(meta, source) if modality == "images" else None
+    normalizer = _normalizer(meta, source) if modality == "images" else None
     manifest_sha256 = sha256_file(source / MANIFEST)
     staged = _stage(source, manifest_sha256)
     sc = spark.sparkContext
@@ -345,6 +431,7 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
     return ShippedModel(
         ref=ModelRef(name=staged.name, manifest_sha256=manifest_sha256, batch_size=batch_size),
         source_dir=source,
+        modality=modality,
         num_pixels=num_pixels,
         label_names=label_names,
         normalizer=normalizer,
@@ -353,9 +440,32 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
 
 @dataclass
 class _WorkerModel:
-    model: Any
-    mean: float
-    std: float
+    predict: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+    """``(valid rows' inputs, batch size) -> (prediction, probability)``."""
+
+
+def _predictor(model: Any, meta: dict[str, Any], directory: Path) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    if _modality(meta) == "text":
+        from hybrid.artifacts import model_collate
+        from hybrid.models import get_family
+        from hybrid.text import load_tokenizer
+
+        collate = model_collate(directory, meta)
+        columns = get_family(meta["family"]).input_columns
+        tokenizer = load_tokenizer(str(directory / "encoder"))
+        max_length = int(meta.get("max_seq_length") or meta["config"].get("max_length", 128))
+
+        def text(rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+            return predict_text_proba(model, collate, tokenizer, [str(t) for t in rows], input_columns=columns,
+                                      max_length=max_length, batch_size=batch_size)
+
+        return text
+    norm = _normalizer(meta, directory)
+
+    def images(rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        return predict_proba(model, np.stack(rows), mean=norm["mean"], std=norm["std"], batch_size=batch_size)
+
+    return images
 
 
 _WORKER_CACHE: OrderedDict[tuple[str, str], _WorkerModel] = OrderedDict()
@@ -386,8 +496,7 @@ def worker_model(ref: ModelRef) -> _WorkerModel:
                 f"{ref.manifest_sha256[:12]}; the model files did not reach this executor intact"
             )
         model, meta = load_model(directory)
-        norm = _normalizer(meta, directory)
-        loaded = _WorkerModel(model=model, mean=norm["mean"], std=norm["std"])
+        loaded = _WorkerModel(predict=_predictor(model, meta, directory))
         _WORKER_CACHE[key] = loaded
         while len(_WORKER_CACHE) > _WORKER_CACHE_SIZE:
             _WORKER_CACHE.popitem(last=False)
@@ -406,7 +515,7 @@ def _use_task_cpus() -> None:
 
 
 def score_batches(ref: ModelRef) -> Callable[[Iterator[tuple[pd.Series, pd.Series]]], Iterator[pd.DataFrame]]:
-    """The body of the scoring pandas UDF: ``(pixels, error)`` batches -> result frames.
+    """The body of the scoring pandas UDF: ``(pixels or text, error)`` batches -> result frames.
 
     Only rows whose ``error`` is null are scored; the others pass through with a null prediction.
     """
@@ -416,17 +525,14 @@ def score_batches(ref: ModelRef) -> Callable[[Iterator[tuple[pd.Series, pd.Serie
 
         _use_task_cpus()
         loaded = worker_model(ref)
-        for pixels, error in batches:
-            n = len(pixels)
+        for inputs, error in batches:
+            n = len(inputs)
             ok = error.isna().to_numpy()
             prediction = np.zeros(n, dtype=np.int32)
             probability: list[np.ndarray | None] = [None] * n
             rows = np.flatnonzero(ok)
             if len(rows):
-                x = np.stack(pixels.to_numpy()[rows])  # (valid rows, num_pixels), raw dtype
-                pred, proba = predict_proba(
-                    loaded.model, x, mean=loaded.mean, std=loaded.std, batch_size=ref.batch_size
-                )
+                pred, proba = loaded.predict(inputs.to_numpy()[rows], ref.batch_size)
                 prediction[rows] = pred
                 for i, row in zip(rows, proba):
                     probability[i] = row
@@ -487,7 +593,7 @@ def _scorer(shipped: ShippedModel) -> Callable[[Column | str], Column]:
 
     def apply(pixels: Column | str) -> Column:
         col = F.col(pixels) if isinstance(pixels, str) else pixels
-        error = pixel_reject_reason(col, num_pixels=shipped.num_pixels)
+        error = shipped.reject_reason(col)
         # The rows that broke a rule travel too (a few bytes each) and are skipped in Python: a
         # `when(error IS NULL, pixels)` argument would evaluate the rules a second time.
         result = udf(col, error)
@@ -506,7 +612,7 @@ def score(
     df: DataFrame,
     model_dir: str | Path,
     *,
-    input_col: str = PIXELS,
+    input_col: str | None = None,
     batch_size: int = 256,
     prediction_col: str = PREDICTION,
     probability_col: str = PROBABILITY,
@@ -521,7 +627,7 @@ def score(
     Args:
         df: Any DataFrame with ``input_col`` (an array of numbers, raw pixels as ingest read them).
         model_dir: A model directory written by :func:`hybrid.artifacts.save_model`.
-        input_col: The pixels column.
+        input_col: The pixels (image model) or text (text model) column; default ``pixels`` or ``text``.
         batch_size: Rows per forward pass.
         prediction_col: Name of the int prediction column; ``<prediction_col>_label`` holds the name.
         probability_col: Name of the ``array<float>`` column of class probabilities (softmax).
@@ -534,10 +640,15 @@ def score(
         DataError: If ``input_col`` is missing or not an array of numbers, or a new column name is taken.
         ArtifactError: If the model directory is incomplete or was changed (checked on the driver).
     """
-    check_pixels_column(df, input_col)
-    _check_output_names(df, prediction_col, probability_col, error_col)
     shipped = ship_model(df.sparkSession, model_dir, batch_size=batch_size)
+    input_col = input_col or _default_input(shipped)
+    shipped.check_column(df, input_col)
+    _check_output_names(df, prediction_col, probability_col, error_col)
     return _add_scores(df, shipped, input_col, prediction_col, probability_col, error_col)
+
+
+def _default_input(shipped: ShippedModel) -> str:
+    return TEXT_COL if shipped.modality == "text" else PIXELS
 
 
 def _check_output_names(df: DataFrame, prediction_col: str, probability_col: str, error_col: str) -> None:
@@ -572,7 +683,7 @@ class ScoreResult:
     scored: int
     """Rows with a prediction."""
     rejected: dict[str, int]
-    """Rows per broken rule of :data:`PIXEL_REASONS`; every rule is present, zero when clean."""
+    """Rows per broken rule (:data:`PIXEL_REASONS` or :data:`TEXT_REASONS`); every rule is present, zero when clean."""
     accuracy: float | None
     """Share of scored rows with a non-null ``label`` whose prediction equals it (None without labels)."""
     duration_s: float
@@ -601,7 +712,7 @@ def score_to_parquet(
     model_dir: str | Path,
     output_path: str | Path,
     *,
-    input_col: str = PIXELS,
+    input_col: str | None = None,
     batch_size: int = 256,
     mode: Literal["error", "overwrite"] = "error",
 ) -> ScoreResult:
@@ -612,7 +723,7 @@ def score_to_parquet(
         input_path: Parquet table with ``input_col`` (and optionally ``label``, for accuracy).
         model_dir: A model directory written by :func:`hybrid.artifacts.save_model`.
         output_path: Where the scored table goes.
-        input_col: The pixels column.
+        input_col: The pixels (image model) or text (text model) column; default ``pixels`` or ``text``.
         batch_size: Rows per forward pass.
         mode: ``error`` refuses an existing ``output_path``; ``overwrite`` replaces it.
 
@@ -629,7 +740,8 @@ def score_to_parquet(
     t0 = time.perf_counter()
     shipped = ship_model(spark, model_dir, batch_size=batch_size)  # before reading: a bad model runs no job
     df = spark.read.parquet(str(input_path))
-    check_pixels_column(df, input_col)
+    input_col = input_col or _default_input(shipped)
+    shipped.check_column(df, input_col)
     _check_output_names(df, PREDICTION, PROBABILITY, ERROR)
     _add_scores(df, shipped, input_col, PREDICTION, PROBABILITY, ERROR).write.mode(mode).parquet(output_path)
     duration = time.perf_counter() - t0
@@ -640,7 +752,7 @@ def score_to_parquet(
     by_error = out.groupBy(ERROR).agg(
         F.count(F.lit(1)).alias("n"), F.sum(hit).alias("hits"), F.count(hit).alias("labelled")
     ).collect()
-    rejected = dict.fromkeys(PIXEL_REASONS, 0)
+    rejected = dict.fromkeys(shipped.reasons, 0)
     rows = scored = hits = labelled = 0
     for row in by_error:
         rows += row["n"]

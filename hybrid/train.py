@@ -27,7 +27,7 @@ from hybrid.config import TrainConfig
 from hybrid.distill import TEACHER_LOGITS, distillation_loss
 from hybrid.errors import TrainingError
 from hybrid.metrics import classification_metrics, confusion_matrix
-from hybrid.models import create_model, get_family, model_config
+from hybrid.models import collate_fn, create_model, get_family, model_config
 from hybrid.schedules import build_scheduler
 
 if TYPE_CHECKING:
@@ -199,6 +199,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if not config.use_gpu:
         torch.set_num_threads(config.cpus_per_worker)
     model = ray.train.torch.prepare_model(create_model(spec.model_name, config=arch))
+    collate = collate_fn(spec.model_name, arch)
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, config)
     rows_per_worker = math.ceil(spec.train_rows / world)
@@ -216,6 +217,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             drop_last=True,
             local_shuffle_buffer_size=min(spec.train_rows, 8 * config.batch_size + 4096),
             local_shuffle_seed=config.seed * 10_000 + epoch,
+            collate_fn=collate,
         )
         train_loss, seen = train_epoch(
             model, batches, optimizer=optimizer, scheduler=scheduler, config=config,
@@ -223,7 +225,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         train_time = time.perf_counter() - t0
         cm, loss_sum, n_val = evaluate_batches(
-            model, val_shard.iter_torch_batches(batch_size=config.eval_batch_size),
+            model, val_shard.iter_torch_batches(batch_size=config.eval_batch_size, collate_fn=collate),
             num_classes=spec.num_classes, columns=family.input_columns, device=device, config=config,
         )
         totals = _all_reduce_sum(np.concatenate([cm.ravel(), [loss_sum, n_val, train_loss * seen, seen]]))
@@ -310,11 +312,16 @@ def evaluate(
     model_name: str,
     num_classes: int,
     batch_size: int = 1024,
+    collate: Any = None,
 ) -> EvalResult:
     """Evaluate ``model`` (a module, or any callable from inputs to logits such as an int8 model) on a
-    Ray dataset in this process (the driver); exact over every row."""
+    Ray dataset in this process (the driver); exact over every row.
+
+    ``collate`` batches rows for families that pad their own batches (text:
+    :func:`hybrid.artifacts.model_collate`).
+    """
     family = get_family(model_name)
-    batches = dataset.iter_torch_batches(batch_size=batch_size)
+    batches = dataset.iter_torch_batches(batch_size=batch_size, collate_fn=collate)
     cm, loss_sum, rows = evaluate_batches(
         model, batches, num_classes=num_classes, columns=family.input_columns, device=torch.device("cpu")
     )

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+from hybrid.models import bert
+from hybrid.models.bert import BertClassifier, BertConfig, BertSpanHead
 from hybrid.models.cnn import CNN, CNNConfig
-from hybrid.models.registry import create_model, get_family, list_models, model_config, register_model
+from hybrid.models.registry import (
+    collate_fn,
+    create_model,
+    get_family,
+    list_models,
+    model_config,
+    register_model,
+)
 
 register_model("cnn", CNNConfig, CNN, input_columns=("pixels",))
+register_model(
+    "bert",
+    BertConfig,
+    BertClassifier,
+    input_columns=(bert.INPUT_IDS, bert.ATTENTION_MASK),
+    collate=bert.text_collate,
+    export_assets=bert.export_assets,
+    localize=bert.localize,
+)
 
-__all__ = ["CNN", "CNNConfig", "create_model", "get_family", "list_models", "model_config", "register_model"]
+__all__ = [
+    "CNN",
+    "BertClassifier",
+    "BertConfig",
+    "BertSpanHead",
+    "CNNConfig",
+    "collate_fn", "create_model", "get_family", "list_models", "model_config", "register_model"]

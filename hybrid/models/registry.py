@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -28,16 +29,39 @@ class ModelFamily:
     """Builds the module from an instance of ``config_cls``."""
     input_columns: tuple[str, ...]
     """Dataset columns fed to ``forward`` positionally, in this order."""
+    collate: Callable[[Any], Callable[[dict[str, Any]], dict[str, Any]]] | None = None
+    """Given a config, the ``collate_fn`` turning a numpy batch into tensors (``None``: Ray's default)."""
+    export_assets: Callable[[nn.Module, Any, Path], Any] | None = None
+    """Writes files the model needs besides its weights (a tokenizer...) into a model directory and
+    returns the config to record there."""
+    localize: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None
+    """Resolves a recorded config's relative paths against its model directory."""
 
 
 _REGISTRY: dict[str, ModelFamily] = {}
 
 
 def register_model(
-    name: str, config_cls: type, build: Callable[[Any], nn.Module], *, input_columns: tuple[str, ...]
+    name: str,
+    config_cls: type,
+    build: Callable[[Any], nn.Module],
+    *,
+    input_columns: tuple[str, ...],
+    collate: Callable[[Any], Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+    export_assets: Callable[[nn.Module, Any, Path], Any] | None = None,
+    localize: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
 ) -> None:
     """Register a model family under ``name`` (re-registering the same name replaces it)."""
-    _REGISTRY[name] = ModelFamily(name=name, config_cls=config_cls, build=build, input_columns=input_columns)
+    _REGISTRY[name] = ModelFamily(
+        name=name, config_cls=config_cls, build=build, input_columns=input_columns, collate=collate,
+        export_assets=export_assets, localize=localize,
+    )
+
+
+def collate_fn(name: str, config: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The ``collate_fn`` for batches of family ``name`` with architecture ``config`` (None: Ray's default)."""
+    family = get_family(name)
+    return family.collate(config) if family.collate is not None else None
 
 
 def list_models() -> list[str]:

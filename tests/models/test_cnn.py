@@ -144,7 +144,7 @@ def test_create_model_accepts_a_config_object() -> None:
 
 
 def test_unknown_family_suggests_the_close_name() -> None:
-    with pytest.raises(ConfigError, match=r"model\.name must be one of \['cnn'.*but got 'cnm'.*did you mean 'cnn'"):
+    with pytest.raises(ConfigError, match=r"model\.name must be one of \[.*'cnn'.*but got 'cnm'.*did you mean 'cnn'"):
         create_model("cnm")
 
 

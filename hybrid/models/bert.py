@@ -1,0 +1,254 @@
+"""BERT-family encoders from a local pretrained directory, with a classification or a span head.
+
+The encoder is whatever ``AutoModel`` builds from ``pretrained_dir`` (BERT, MiniLM, DistilBERT-shaped
+BERTs...); nothing is fetched from the Hugging Face hub. The config chooses which encoder layers are
+kept (the bottom ``num_layers``, or explicit ``keep_layers``, which is how a distilled student takes
+every other layer of its teacher), how many lower layers are frozen, dropout, pooling and the
+maximum sequence length applied when batches are padded.
+
+Two families share this module: ``bert`` (sequence classification, inputs ``input_ids`` and
+``attention_mask``) and ``bert_qa`` (extractive question answering, which also takes
+``token_type_ids`` and returns start and end logits stacked as ``(batch, seq_len, 2)``, so that
+``cross_entropy(logits, [start, end])`` is the mean of the start and end losses).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from hybrid._dataclass_io import require
+from hybrid.text import ATTENTION_MASK, INPUT_IDS, load_tokenizer, offline, pad_batch
+
+TOKEN_TYPE_IDS = "token_type_ids"
+ENCODER_DIR = "encoder"
+"""Sub-directory of a saved model holding the encoder's ``config.json`` and the tokenizer files."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Architecture and input shaping of a BERT-family model. Tunable fields are marked."""
+
+    pretrained_dir: str = ""
+    """Local directory with ``config.json``, the weights and the tokenizer (``AutoModel``/``AutoTokenizer``)."""
+    num_classes: int = 2
+    """Classes of the classification head (ignored by ``bert_qa``)."""
+    num_layers: int = 0
+    """Tunable: keep only the bottom ``num_layers`` encoder layers (0 keeps all)."""
+    keep_layers: tuple[int, ...] = ()
+    """Explicit encoder layers to keep, by index in the source model (overrides ``num_layers``)."""
+    frozen_layers: int = 0
+    """Tunable: freeze the embeddings and the lowest ``frozen_layers`` kept layers (0 freezes nothing)."""
+    dropout: float = 0.1
+    """Tunable: dropout inside the encoder (hidden and attention) and before the head."""
+    pooling: Literal["cls", "mean"] = "mean"
+    """Sentence vector for classification: the ``[CLS]`` state, or the mean over real tokens
+    (what sentence-transformer checkpoints such as all-MiniLM-L6-v2 were trained with)."""
+    max_length: int = 128
+    """Tunable: longer rows are truncated to this many tokens when a batch is padded."""
+    init_from: str | None = None
+    """A saved hybrid model directory whose fine-tuned weights (encoder and head) initialise this model,
+    instead of the pretrained ones; ``keep_layers`` then index that model's layers."""
+    pretrained_weights: bool = True
+    """Load the pretrained weights (``false``: the architecture only, for weights loaded afterwards)."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.pretrained_dir), "pretrained_dir is required: a local directory of a BERT-family model")
+        require(self.num_classes >= 2, f"num_classes must be >= 2, but got {self.num_classes}")
+        require(self.num_layers >= 0, f"num_layers must be >= 0 (0 keeps all), but got {self.num_layers}")
+        require(all(i >= 0 for i in self.keep_layers), f"keep_layers must be >= 0, but got {list(self.keep_layers)}")
+        require(
+            list(self.keep_layers) == sorted(set(self.keep_layers)),
+            f"keep_layers must be increasing and distinct, but got {list(self.keep_layers)}",
+        )
+        require(self.frozen_layers >= 0, f"frozen_layers must be >= 0, but got {self.frozen_layers}")
+        require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), but got {self.dropout}")
+        require(self.max_length >= 8, f"max_length must be >= 8, but got {self.max_length}")
+
+
+def raise_missing(pretrained_dir: str) -> None:
+    from hybrid.errors import ConfigError
+
+    raise ConfigError(
+        f"model.pretrained_dir: {pretrained_dir!r} has no config.json; it must be a local directory of a "
+        "BERT-family model (config.json, weights, tokenizer files)"
+    )
+
+
+def _kept(config: BertConfig, total: int) -> list[int]:
+    from hybrid.errors import ConfigError
+
+    layers = list(config.keep_layers) or list(range(config.num_layers or total))
+    if not layers or max(layers) >= total:
+        raise ConfigError(
+            f"model.keep_layers/num_layers select layers {layers}, but the source model has {total} layers"
+        )
+    if config.frozen_layers > len(layers):
+        raise ConfigError(
+            f"model.frozen_layers must be <= the {len(layers)} kept layers, but got {config.frozen_layers}"
+        )
+    return layers
+
+
+def _set_dropout(module: nn.Module, p: float) -> None:
+    for child in module.modules():
+        if isinstance(child, nn.Dropout):
+            child.p = p
+
+
+class _BertBase(nn.Module):
+    """The encoder with its layers selected and its lower part frozen."""
+
+    def __init__(self, config: BertConfig, head_outputs: int) -> None:
+        super().__init__()
+        offline()
+        from transformers import AutoConfig, AutoModel
+
+        self.config = config
+        source: _BertBase | None = None
+        if config.init_from is not None:
+            from hybrid.artifacts import load_model
+
+            loaded, _ = load_model(config.init_from)
+            source = loaded if isinstance(loaded, _BertBase) else None
+            if source is None:
+                from hybrid.errors import ConfigError
+
+                raise ConfigError(f"model.init_from: {config.init_from!r} does not hold a BERT-family model")
+            encoder = source.encoder
+        else:
+            if not (Path(config.pretrained_dir) / "config.json").is_file():
+                raise_missing(config.pretrained_dir)
+            hf_config = AutoConfig.from_pretrained(config.pretrained_dir, local_files_only=True)
+            if config.pretrained_weights:
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.set_verbosity_error()  # its load report lists the pooler weights we deliberately drop
+                encoder = AutoModel.from_pretrained(
+                    config.pretrained_dir, config=hf_config, add_pooling_layer=False, local_files_only=True
+                )
+            else:
+                encoder = AutoModel.from_config(hf_config, add_pooling_layer=False)
+        layers = _kept(config, len(encoder.encoder.layer))
+        encoder.encoder.layer = nn.ModuleList([encoder.encoder.layer[i] for i in layers])
+        encoder.config.num_hidden_layers = len(layers)
+        _set_dropout(encoder, config.dropout)
+        self.encoder = encoder
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, head_outputs)
+        if source is not None and source.head.out_features == head_outputs:
+            self.head.load_state_dict(source.head.state_dict())
+        if config.frozen_layers:
+            for module in (encoder.embeddings, *encoder.encoder.layer[: config.frozen_layers]):
+                module.requires_grad_(False)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, seq_len, hidden)`` last hidden states."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.last_hidden_state
+
+
+class BertClassifier(_BertBase):
+    """Encoder -> pooled sentence vector -> dropout -> linear logits."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config, config.num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Map ``(batch, seq_len)`` token ids and mask to ``(batch, num_classes)`` logits."""
+        hidden = self.hidden(input_ids, attention_mask)
+        if self.config.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq_len, 1)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
+
+
+class BertSpanHead(_BertBase):
+    """Encoder -> per-token start and end logits (extractive question answering)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config, 2)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(batch, seq_len, 2)`` logits: ``[..., 0]`` start, ``[..., 1]`` end; padding gets -1e4."""
+        logits = self.head(self.dropout(self.hidden(input_ids, attention_mask, token_type_ids)))
+        return logits.masked_fill(attention_mask.unsqueeze(-1) == 0, -1e4)
+
+
+@dataclass(frozen=True)
+class TextCollate:
+    """Turns a numpy batch of variable-length ``input_ids`` into padded tensors (dynamic padding).
+
+    Every other column becomes a tensor as it is (labels, teacher logits). Picklable, so it also
+    serves Ray Data ``map_batches`` and Spark UDFs.
+    """
+
+    pad_id: int
+    sep_id: int
+    max_length: int
+
+    def arrays(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The padded numpy arrays (for ONNX Runtime and other non-torch consumers)."""
+        out = {k: _stack(v) for k, v in batch.items() if k != INPUT_IDS}
+        ids, mask = pad_batch(list(batch[INPUT_IDS]), pad_id=self.pad_id, max_length=self.max_length, sep_id=self.sep_id)
+        out[INPUT_IDS], out[ATTENTION_MASK] = ids, mask
+        return out
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(v) for k, v in self.arrays(batch).items() if v.dtype != object}
+
+
+def _stack(column: Any) -> np.ndarray:
+    array = np.asarray(column)
+    if array.dtype == object and len(array) and isinstance(array[0], np.ndarray):
+        return np.stack(array)
+    return array
+
+
+def text_collate(config: BertConfig) -> TextCollate:
+    """The collate function of ``config``'s tokenizer and ``max_length``."""
+    tokenizer = load_tokenizer(config.pretrained_dir)
+    return TextCollate(pad_id=int(tokenizer.pad_token_id), sep_id=int(tokenizer.sep_token_id), max_length=config.max_length)
+
+
+def export_assets(model: nn.Module, config: BertConfig, directory: Path) -> BertConfig:
+    """Write the encoder's config (layers as kept) and copy the tokenizer into ``directory/encoder``, so the
+    saved model is self-contained; returns the config to record: the architecture only, pointing at that
+    copy, with its layers already selected."""
+    module = getattr(model, "module", model)
+    target = directory / ENCODER_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    source = Path(config.pretrained_dir)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file() and (source / name).resolve() != (target / name).resolve():
+            shutil.copyfile(source / name, target / name)
+    (target / "config.json").write_text(module.encoder.config.to_json_string(use_diff=False))
+    return replace(
+        config, pretrained_dir=ENCODER_DIR, num_layers=0, keep_layers=(), init_from=None, pretrained_weights=False
+    )
+
+
+def student_layers(encoder_dir: str | Path, fraction: float) -> list[int]:
+    """Evenly spaced layers of the encoder in ``encoder_dir``, ``round(fraction * layers)`` of them, ending
+    with the top layer (whose output the head was trained on): 6 layers at 0.5 give ``[1, 3, 5]``."""
+    total = int(json.loads((Path(encoder_dir) / "config.json").read_text())["num_hidden_layers"])
+    kept = max(1, round(total * fraction))
+    return [round((i + 1) * total / kept) - 1 for i in range(kept)]
+
+
+def localize(config: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Resolve a saved model's relative ``pretrained_dir`` against its directory."""
+    path = Path(config.get("pretrained_dir", ""))
+    if config.get("pretrained_dir") and not path.is_absolute():
+        return {**config, "pretrained_dir": str(directory / path)}
+    return config
