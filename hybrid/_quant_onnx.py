@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,7 @@ def quantize_to_bytes(
     """Export ``model`` to ONNX and quantize it with ONNX Runtime; returns the int8 ``.onnx`` bytes.
 
     Static: QDQ format, uint8 activations with MinMax ranges calibrated on ``calibration``, int8 weights.
-    Dynamic: int8 weights of MatMul/Gemm only, activations quantized per batch at run time.
+    Dynamic: int8 weights of MatMul/Gemm and embedding tables (Gather), activations quantized per batch at run time.
     """
     ort_quant = require_onnxruntime()
     with tempfile.TemporaryDirectory(prefix="hybrid-onnx-") as tmp:
@@ -70,21 +72,42 @@ def quantize_to_bytes(
         # ("Incomplete symbolic shape inference"); ONNX's own shape inference still runs.
         free_length = any(not x.is_floating_point() and x.dim() == 2 for x in example)
         ort_quant.shape_inference.quant_pre_process(float_path, pre_path, skip_symbolic_shape=free_length)
-        if dynamic:
-            # Matrix products and embedding lookups (Gather: a BERT's word embeddings are a third of its
-            # weights), not convolutions: ONNX Runtime's dynamic ConvInteger ran about 10x slower than float here.
-            ort_quant.quantize_dynamic(
-                pre_path, int8_path, weight_type=ort_quant.QuantType.QInt8, per_channel=per_channel,
-                op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-            )
-        else:
-            ort_quant.quantize_static(
-                pre_path, int8_path, _reader(ort_quant, calibration, input_names),
-                quant_format=ort_quant.QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QInt8,
-                calibrate_method=ort_quant.CalibrationMethod.MinMax,
-            )
+        with _root_logger_at(logging.WARNING):
+            _quantize(ort_quant, pre_path, int8_path, calibration, input_names, dynamic=dynamic, per_channel=per_channel)
         return Path(int8_path).read_bytes()
+
+
+def _quantize(
+    ort_quant: Any, pre_path: str, int8_path: str, calibration: list[Inputs], input_names: Sequence[str], *,
+    dynamic: bool, per_channel: bool,
+) -> None:
+    if dynamic:
+        # Matrix products and embedding lookups (Gather: a BERT's word embeddings are a third of its
+        # weights), not convolutions: ONNX Runtime's dynamic ConvInteger ran about 10x slower than float here.
+        ort_quant.quantize_dynamic(
+            pre_path, int8_path, weight_type=ort_quant.QuantType.QInt8, per_channel=per_channel,
+            op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+        )
+    else:
+        ort_quant.quantize_static(
+            pre_path, int8_path, _reader(ort_quant, calibration, input_names),
+            quant_format=ort_quant.QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QInt8,
+            calibrate_method=ort_quant.CalibrationMethod.MinMax,
+        )
+
+
+@contextmanager
+def _root_logger_at(level: int) -> Iterator[None]:
+    """ONNX Runtime's quantizer logs one INFO line per tensor it skips through the root logger (which Ray
+    sets to INFO): raise the root level for the duration of the call only."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(max(previous, level))
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
 
 
 def _reader(ort_quant: Any, calibration: list[Inputs], names: Sequence[str]) -> Any:

@@ -78,8 +78,6 @@ class DataConfig:
     """Text sources: the column holding the label (integers in ``[0, num_classes)`` or names in ``label_names``)."""
     max_seq_length: int = 128
     """Text: tokens kept per row at tokenisation (the model's ``max_length`` may truncate further per batch)."""
-    doc_stride: int = 64
-    """Question answering: tokens shared by consecutive windows of a long context."""
     image_size: int = 28
     """Height and width of the square images; rows must hold ``image_size**2`` pixels."""
     num_classes: int = 10
@@ -91,7 +89,8 @@ class DataConfig:
     seed: int = 0
     """Seed of the stratified train/validation split."""
     max_train_rows: int | None = None
-    """Use only the first N rows of the training table (quick runs and tests)."""
+    """Use only the first N rows of the training table (quick runs and tests); ``sentence_polarity``, whose
+    file is ordered by class, takes a seeded sample of N rows instead."""
     max_test_rows: int | None = None
     """Use only the first N rows of the test table."""
     blocks_per_split: int = 4
@@ -115,7 +114,6 @@ class DataConfig:
         )
         require(0.0 <= self.test_fraction < 1.0, f"test_fraction must be in [0, 1), but got {self.test_fraction}")
         require(self.max_seq_length >= 8, f"max_seq_length must be >= 8, but got {self.max_seq_length}")
-        require(self.doc_stride >= 1, f"doc_stride must be >= 1, but got {self.doc_stride}")
         expected = {"fashion_mnist": "images", "sentence_polarity": "text", "squad": "qa"}.get(self.source)
         require(
             expected is None or self.modality == expected,

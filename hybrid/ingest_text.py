@@ -71,8 +71,10 @@ def read_text_tables(spark: SparkSession, config: DataConfig, *, work_dir: str |
         polarity = read_sentence_polarity(config.path)
         dropped["neutral_rating"] = polarity.dropped_neutral
         table = polarity.table
-        if config.max_train_rows is not None:
-            table = table.slice(0, config.max_train_rows)
+        if config.max_train_rows is not None and config.max_train_rows < table.num_rows:
+            # The file is ordered by polarity (positives first): a seeded sample keeps both classes.
+            rng = np.random.default_rng(config.seed)
+            table = table.take(np.sort(rng.permutation(table.num_rows)[: config.max_train_rows]))
         path = write_parquet(table, Path(work_dir) / "sentence_polarity.parquet")
         train = spark.read.parquet(str(Path(path).resolve())).select(TEXT, LABEL)
         return TextTables(train=train, test=None, label_names=config.label_names or POLARITY_LABELS, dropped=dropped)

@@ -105,7 +105,12 @@ def run(config: Config, *, stages: Sequence[Stage] = STAGES, restart: bool = Fal
     started = time.perf_counter()
     with PeakRSS() as memory, running(config.runtime, with_spark=False) as runtime:
         ctx = _Run(config=config, run_dir=run_dir, runtime=runtime, echo=echo, timer=timer)
-        pending = [s for s in STAGES if s in stages and ctx.load_done(s) is None]
+        supported = _supported_stages(config)
+        unsupported = [s for s in stages if s not in supported]
+        if unsupported:
+            echo(f"[run] {config.model_name} models stop after tuning: {', '.join(unsupported)} not run "
+                 "(distilling, quantizing and Spark scoring of span models are not implemented yet)")
+        pending = [s for s in STAGES if s in stages and s in supported and ctx.load_done(s) is None]
         for stage in ("ingest", *STAGES):  # the last ingest's counts stand until ingest runs again
             done = ctx.load_done(stage)
             if done is not None:
@@ -127,6 +132,19 @@ def run(config: Config, *, stages: Sequence[Stage] = STAGES, restart: bool = Fal
     echo(format_summary(summary))
     echo(f"report: {report}")
     return summary
+
+
+def _supported_stages(config: Config) -> tuple[Stage, ...]:
+    from hybrid.models import get_family
+
+    return ("tune",) if get_family(config.model_name).task == "spans" else STAGES
+
+
+def headline(test: dict[str, Any]) -> str:
+    """The one-line result of a model's test metrics (accuracy, or exact match and F1)."""
+    if "accuracy" in test:
+        return f"accuracy {test['accuracy']:.4f}"
+    return f"exact match {test['exact_match']:.4f}, F1 {test['f1']:.4f}"
 
 
 def run_tune(config: Config, *, echo: Echo = print) -> dict[str, Any]:
@@ -184,7 +202,8 @@ def _measure_model(ctx: _Run, model: Any, *, directory: Path, file_bytes: int) -
     meta = json.loads((directory / "model.json").read_text())
     family, collate = meta["family"], model_collate(directory, meta)
     test = evaluate(model, ctx.data.test, model_name=family, num_classes=ctx.config.data.num_classes,
-                    batch_size=ctx.config.train.eval_batch_size, collate=collate)
+                    batch_size=ctx.config.train.eval_batch_size, collate=collate,
+                    max_answer_length=int(meta["config"].get("max_answer_length", 30)))
     columns = get_family(family).input_columns
     sample = ctx.data.test.take_batch(LATENCY_BATCH, batch_format="numpy")
     if collate is not None:
@@ -220,7 +239,7 @@ def _stage_tune(ctx: _Run) -> dict[str, Any]:
                     trial_id=result.best.trial_id, params=result.best.params)
     block.update(path=str(teacher_dir), family=meta["family"], config=meta["config"],
                  val={k.removeprefix("val_"): v for k, v in result.best.best.items() if k.startswith("val_")})
-    ctx.echo(f"[tune] teacher test accuracy {block['test']['accuracy']:.4f}")
+    ctx.echo(f"[tune] teacher test {headline(block['test'])}")
     return {
         "tune": result.summary(),
         "trials": [{"trial_id": t.trial_id, "status": t.status, "epochs": t.epochs, "params": t.params,
@@ -274,7 +293,7 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
     student_dir, meta, block = _adopt_checkpoint(ctx, checkpoint_dir(best), "student")
     update_metadata(student_dir, test_metrics=block["test"], distill=to_dict(config.distill))
     block.update(path=str(student_dir), family=family, config=meta["config"], val=meta["val_metrics"])
-    ctx.echo(f"[distill] student test accuracy {block['test']['accuracy']:.4f}")
+    ctx.echo(f"[distill] student test {headline(block['test'])}")
     return {"models": {"student": block}, "distill": {"teacher_logits_s": logits_s, "train": to_dict(train_cfg),
                                                        "student_config": meta["config"]}}
 
@@ -312,13 +331,54 @@ def _stage_quantize(ctx: _Run) -> dict[str, Any]:
     block.update(path=str(int8_dir), family=family, backend=result.backend, passed_gate=result.passed_gate,
                  val={"accuracy": result.candidates[result.backend].accuracy})
     out["models"] = {"student_int8": block}
+    out["quantize"]["vs_teacher"] = _side_by_side(
+        ctx, {"teacher": teacher, "student": model, "student_int8": result.model}, collate, columns,
+        sizes={"teacher": (teacher_dir / "model.safetensors").stat().st_size,
+               "student": (student_dir / "model.safetensors").stat().st_size,
+               "student_int8": result.model.size_bytes},
+    )
     verdict = "passed" if result.passed_gate else "FAILED: the float student will be shipped instead"
     ctx.echo(
         f"[quantize] {result.backend} int8: val accuracy {result.candidates[result.backend].accuracy:.4f} vs teacher "
         f"{reference:.4f} (gate: -{config.quantize.max_accuracy_drop:.3f}) {verdict}; "
         f"{result.speedup:.1f}x faster, {result.size_ratio:.1f}x smaller than the float student"
     )
+    versus = out["quantize"]["vs_teacher"]
+    ctx.echo(f"[quantize] side by side at batch {LATENCY_BATCH} (ms/sample): " + ", ".join(
+        f"{name} {versus['latency_ms_per_sample'][name]:.3f}" for name in versus["latency_ms_per_sample"])
+        + f"; int8 student vs teacher: {versus['speedup']['student_int8']:.1f}x faster, "
+        f"{versus['size_ratio']['student_int8']:.1f}x smaller")
     return out
+
+
+def _side_by_side(
+    ctx: _Run, models: dict[str, Any], collate: Any, columns: Sequence[str], *, sizes: dict[str, int], rounds: int = 3
+) -> dict[str, Any]:
+    """Latency of ``models`` on the same validation rows, timed round robin (best of ``rounds``), so that
+    the ratios are not skewed by the machine's load changing between stages; sizes and ratios to the teacher."""
+    import numpy as np
+    import torch
+
+    from hybrid.quantize import latency_ms_per_sample
+
+    sample = ctx.data.val.take_batch(LATENCY_BATCH, batch_format="numpy")
+    if collate is not None:
+        inputs = tuple(collate(sample)[c] for c in columns)
+    else:
+        inputs = tuple(torch.as_tensor(np.stack(sample[c]).astype(np.float32)) for c in columns)
+    best = dict.fromkeys(models, float("inf"))
+    for _ in range(rounds):
+        for name, model in models.items():
+            with torch.no_grad():
+                ms = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, repeats=2,
+                                           threads=os.cpu_count() or 1)
+            best[name] = min(best[name], ms)
+    return {
+        "latency_ms_per_sample": best,
+        "size_bytes": sizes,
+        "speedup": {name: best["teacher"] / ms for name, ms in best.items()},
+        "size_ratio": {name: sizes["teacher"] / size for name, size in sizes.items()},
+    }
 
 
 def shipped_model(run_dir: Path, config: Config, results: dict[str, dict[str, Any]]) -> tuple[str, Path]:
@@ -398,6 +458,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"{'model':<14} {'accuracy':>9} {'macro P':>8} {'macro R':>8} {'macro F1':>8} {'bytes':>10} {'ms/sample':>10}")
     for name, block in summary["models"].items():
         t = block["test"]
+        if "accuracy" not in t:  # span model
+            lines.append(f"{name:<14} test {headline(t)}; {block.get('size_bytes', 0)} bytes, "
+                         f"{block.get('latency_ms_per_sample', 0):.4f} ms/window")
+            continue
         lines.append(f"{name:<14} {t['accuracy']:>9.4f} {t['macro_precision']:>8.4f} {t['macro_recall']:>8.4f} "
                      f"{t['macro_f1']:>8.4f} {block.get('size_bytes', 0):>10} {block.get('latency_ms_per_sample', 0):>10.4f}")
     if "score" in summary:

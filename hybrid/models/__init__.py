@@ -24,6 +24,16 @@ register_model(
     export_assets=bert.export_assets,
     localize=bert.localize,
 )
+register_model(
+    "bert_qa",
+    BertConfig,
+    BertSpanHead,
+    input_columns=(bert.INPUT_IDS, bert.TOKEN_TYPE_IDS, bert.ATTENTION_MASK),
+    collate=bert.qa_collate,
+    export_assets=bert.export_assets,
+    localize=bert.localize,
+    task="spans",
+)
 
 __all__ = [
     "CNN",

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from hybrid._dataclass_io import require
@@ -53,7 +54,12 @@ class BertConfig:
     """Sentence vector for classification: the ``[CLS]`` state, or the mean over real tokens
     (what sentence-transformer checkpoints such as all-MiniLM-L6-v2 were trained with)."""
     max_length: int = 128
-    """Tunable: longer rows are truncated to this many tokens when a batch is padded."""
+    """Tunable: longer rows are truncated to this many tokens when a batch is padded (``bert_qa``: the
+    window length, question and special tokens included)."""
+    doc_stride: int = 48
+    """``bert_qa``: context tokens shared by consecutive windows of a long context."""
+    max_answer_length: int = 30
+    """``bert_qa``: longest answer, in tokens, that span decoding considers."""
     init_from: str | None = None
     """A saved hybrid model directory whose fine-tuned weights (encoder and head) initialise this model,
     instead of the pretrained ones; ``keep_layers`` then index that model's layers."""
@@ -72,6 +78,11 @@ class BertConfig:
         require(self.frozen_layers >= 0, f"frozen_layers must be >= 0, but got {self.frozen_layers}")
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), but got {self.dropout}")
         require(self.max_length >= 8, f"max_length must be >= 8, but got {self.max_length}")
+        require(
+            0 <= self.doc_stride < self.max_length,
+            f"doc_stride must be in [0, max_length={self.max_length}), but got {self.doc_stride}",
+        )
+        require(self.max_answer_length >= 1, f"max_answer_length must be >= 1, but got {self.max_answer_length}")
 
 
 def raise_missing(pretrained_dir: str) -> None:
@@ -186,11 +197,12 @@ class BertSpanHead(_BertBase):
 
 
 @dataclass(frozen=True)
-class TextCollate:
+class TextCollate(NumpyBatchCollateFn):
     """Turns a numpy batch of variable-length ``input_ids`` into padded tensors (dynamic padding).
 
-    Every other column becomes a tensor as it is (labels, teacher logits). Picklable, so it also
-    serves Ray Data ``map_batches`` and Spark UDFs.
+    Every other column becomes a tensor as it is (labels, teacher logits). A Ray Data collate class
+    (what ``iter_torch_batches(collate_fn=...)`` asks for since Ray 2.47); picklable, so it also
+    serves ``map_batches`` and Spark UDFs.
     """
 
     pad_id: int
@@ -206,6 +218,46 @@ class TextCollate:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(v) for k, v in self.arrays(batch).items() if v.dtype != object}
+
+
+QA_COLUMNS = ("question", "context", "answer_start", "answer_text")
+"""Columns of a question answering row (one example; its windows are made per batch)."""
+ANSWERS = "answers"
+"""``list<string>`` column of every accepted answer of an example (for EM/F1)."""
+
+
+@dataclass(frozen=True)
+class QACollate(NumpyBatchCollateFn):
+    """Turns a numpy batch of question answering *examples* into padded *windows* over their contexts.
+
+    Windows are made here, per batch, rather than stored: all windows of an example then share a batch,
+    so span decoding and exact match / F1 need no gathering across batches or workers. The output holds
+    the model inputs, ``label`` (``(windows, 2)``: start and end token) and what decoding needs
+    (``offsets``, ``example_index``, ``context``, ``answers``).
+    """
+
+    tokenizer_dir: str
+    max_length: int
+    doc_stride: int
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from hybrid.qa import featurize
+
+        columns = {k: list(batch[k]) for k in QA_COLUMNS}
+        feats = featurize(load_tokenizer(self.tokenizer_dir), columns, max_length=self.max_length,
+                          doc_stride=self.doc_stride, with_labels=True)
+        out: dict[str, Any] = {k: torch.as_tensor(feats[k]) for k in (INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK)}
+        out["label"] = torch.as_tensor(np.stack([feats["start_positions"], feats["end_positions"]], axis=1))
+        out["offsets"], out["example_index"] = feats["offsets"], feats["example_index"]
+        out["context"] = [str(c) for c in batch["context"]]
+        answers = batch.get(ANSWERS)
+        out[ANSWERS] = [list(a) for a in answers] if answers is not None else [[t] for t in batch["answer_text"]]
+        return out
+
+
+def qa_collate(config: BertConfig) -> QACollate:
+    """The collate function making ``config``'s windows."""
+    return QACollate(tokenizer_dir=config.pretrained_dir, max_length=config.max_length, doc_stride=config.doc_stride)
 
 
 def _stack(column: Any) -> np.ndarray:

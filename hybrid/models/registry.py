@@ -36,6 +36,9 @@ class ModelFamily:
     returns the config to record there."""
     localize: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None
     """Resolves a recorded config's relative paths against its model directory."""
+    task: str = "classification"
+    """``classification`` (logits ``(batch, classes)``, accuracy and macro metrics) or ``spans`` (start and
+    end logits ``(windows, seq_len, 2)``, exact match and F1 after span decoding)."""
 
 
 _REGISTRY: dict[str, ModelFamily] = {}
@@ -50,11 +53,12 @@ def register_model(
     collate: Callable[[Any], Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
     export_assets: Callable[[nn.Module, Any, Path], Any] | None = None,
     localize: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
+    task: str = "classification",
 ) -> None:
     """Register a model family under ``name`` (re-registering the same name replaces it)."""
     _REGISTRY[name] = ModelFamily(
         name=name, config_cls=config_cls, build=build, input_columns=input_columns, collate=collate,
-        export_assets=export_assets, localize=localize,
+        export_assets=export_assets, localize=localize, task=task,
     )
 
 
