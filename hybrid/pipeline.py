@@ -455,7 +455,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"{t['trial_id']:<12} {t['status']:<10} {t['epochs']:>6} {score:>14}  {params}")
         lines += ["", f"trials {tune_block['trials']}: {tune_block['completed']} completed, {tune_block['pruned']} "
                       f"pruned, {tune_block['failed']} failed; best {tune_block['best_trial']}", ""]
-    lines.append(f"{'model':<14} {'accuracy':>9} {'macro P':>8} {'macro R':>8} {'macro F1':>8} {'bytes':>10} {'ms/sample':>10}")
+    if any("accuracy" in block["test"] for block in summary["models"].values()):
+        lines.append(f"{'model':<14} {'accuracy':>9} {'macro P':>8} {'macro R':>8} {'macro F1':>8} {'bytes':>10} "
+                     f"{'ms/sample':>10}")
     for name, block in summary["models"].items():
         t = block["test"]
         if "accuracy" not in t:  # span model

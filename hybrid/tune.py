@@ -297,7 +297,7 @@ def _record(result: Any, config: Config) -> TrialRecord:
     else:
         status = "pruned"
     keep = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_precision", "val_macro_recall",
-            "val_macro_f1", "lr", "epoch_time_s", "train_samples_per_s", "training_iteration", "time_total_s")
+            "val_macro_f1", "val_exact_match", "val_f1", "lr", "epoch_time_s", "train_samples_per_s", "training_iteration", "time_total_s")
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
     return TrialRecord(
         trial_id=str(trial_id),
