@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--compare-backends", action="store_true",
+                        help="also quantize the float student with both int8 backends (torchao PT2E, ONNX Runtime)")
     args = parser.parse_args()
 
     run = Path(args.run_dir)
@@ -82,6 +84,34 @@ def main() -> None:
                      + [f"{best[('teacher', b)] / best[(name, b)]:.1f}x" for b in args.batch_sizes])
     print(f"{run}: {len(texts)} test sentences, {args.threads} threads, best of {args.repeats} round-robin rounds")
     print(render_table([header, *table]))
+    if args.compare_backends:
+        compare_backends(run, loaded["student"], tokenizer)
+
+
+def compare_backends(run: Path, student: tuple, tokenizer: object) -> None:
+    """Dynamic int8 of the float student with each backend, measured by :func:`hybrid.quantize.quantize`
+    on the test sentences (accuracy, agreement with float, latency at batch 256, file size)."""
+    from hybrid.quantize import QuantizeConfig, quantize
+
+    model, collate, columns, _ = student
+    table = pq.read_table(run / "data" / "test.parquet")
+    texts, labels = table.column("text").to_pylist(), np.asarray(table.column("label").to_pylist())
+    ids = tokenize(tokenizer, texts, max_length=128)
+    batches = []
+    for start in range(0, len(ids), 256):
+        chunk = np.array(ids[start : start + 256] + [None], dtype=object)[:-1]
+        batches.append(collate({INPUT_IDS: chunk, "label": labels[start : start + 256]}))
+    config = QuantizeConfig(backend="auto", mode="dynamic", calibration_samples=256, latency_repeats=3)
+    result = quantize(model, batches[:1], config, eval_batches=batches, input_columns=columns)
+    rows = [["float student", f"{result.baseline.accuracy:.4f}", "1.000",
+             f"{result.baseline.latency_ms_per_sample:.3f}", f"{result.baseline.size_bytes / 1e6:.1f}"]]
+    for name, m in result.candidates.items():
+        rows.append([f"int8 {name}", f"{m.accuracy:.4f}", f"{m.agreement:.3f}", f"{m.latency_ms_per_sample:.3f}",
+                     f"{m.size_bytes / 1e6:.1f}"])
+    print("\ndynamic int8 of the float student, both backends (test sentences, batch 256):")
+    print(render_table([["model", "accuracy", "agreement", "ms/sample", "size MB"], *rows]))
+    for name, error in result.failures.items():
+        print(f"  {name} failed: {error[:300]}")
 
 
 if __name__ == "__main__":

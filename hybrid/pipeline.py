@@ -34,7 +34,7 @@ from hybrid.artifacts import load_model, update_metadata
 from hybrid.config import Config, check_paths
 from hybrid.monitor import PeakRSS, StageTimer
 from hybrid.report import write_report
-from hybrid.search_space import dump_search_space, load_search_space
+from hybrid.search_space import check_search_space, dump_search_space, load_search_space
 
 Echo = Callable[[str], None]
 Stage = Literal["tune", "distill", "quantize", "score"]
@@ -48,7 +48,9 @@ def prepare_run_dir(config: Config) -> Path:
     run_dir = config.run_dir
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    (run_dir / "search_space.yaml").write_text(dump_search_space(load_search_space(config.tune.search_space)))
+    space = load_search_space(config.tune.search_space)
+    check_search_space(space, config)  # a bad key or edge value fails now, not after ingest
+    (run_dir / "search_space.yaml").write_text(dump_search_space(space))
     return run_dir
 
 

@@ -87,13 +87,15 @@ def render(run_dir: Path) -> str:
     )
 
     models = summary.get("models", {})
+    spans = any("exact_match" in block.get("test", {}) for block in models.values())
+    first, second = ("exact_match", "f1") if spans else ("accuracy", "macro_f1")
     rows = []
     for name, block in models.items():
         test = block.get("test", {})
-        rows.append([name, test.get("accuracy", float("nan")), test.get("macro_f1", float("nan")),
+        rows.append([name, test.get(first, float("nan")), test.get(second, float("nan")),
                      block.get("size_bytes", "-"), block.get("latency_ms_per_sample", "-")])
-    parts.append("<h2>Models</h2>" + _table(["model", "test accuracy", "test macro F1", "size (bytes)",
-                                             "latency (ms/sample)"], rows))
+    headers = ["test exact match", "test F1"] if spans else ["test accuracy", "test macro F1"]
+    parts.append("<h2>Models</h2>" + _table(["model", *headers, "size (bytes)", "latency (ms/sample)"], rows))
 
     data = summary.get("data") or {"rows_in": "-", "train": "-", "val": "-", "test": "-", "quarantined": {}}
     bad = {k: v for k, v in data["quarantined"].items() if v}

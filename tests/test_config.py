@@ -446,3 +446,12 @@ def test_check_paths_search_space_only_when_needed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^tune\.search_space: "):
         check_paths(config)
     check_paths(config, need_search_space=False)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_and_its_search_space_validate(path):
+    from hybrid.search_space import check_search_space, load_search_space
+
+    config = load_config(path)
+    check_search_space(load_search_space(config.tune.search_space), config)  # every edge value builds a config

@@ -147,9 +147,9 @@ def test_int8_bert_with_a_free_sequence_length_is_smaller_and_agrees(trained, in
     assert result.model.inputs[0].shape == (None, None)  # batch and sequence length both free
     assert result.size_ratio > 2.5  # int8 weights and embeddings
     assert result.candidates["onnxruntime"].agreement >= 0.9
-    shutil_copy = tmp_path / "int8"
-    save_quantized(shutil_copy, result.model, family="bert", config=meta["config"], label_names=["n", "p"])
-    files = json.loads((shutil_copy / "manifest.json").read_text())["files"]
+    int8_dir = tmp_path / "int8"
+    save_quantized(int8_dir, result.model, family="bert", config=meta["config"], label_names=["n", "p"])
+    files = json.loads((int8_dir / "manifest.json").read_text())["files"]
     assert "model.onnx" in files
 
 

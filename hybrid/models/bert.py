@@ -56,8 +56,9 @@ class BertConfig:
     max_length: int = 128
     """Tunable: longer rows are truncated to this many tokens when a batch is padded (``bert_qa``: the
     window length, question and special tokens included)."""
-    doc_stride: int = 48
-    """``bert_qa``: context tokens shared by consecutive windows of a long context."""
+    doc_stride: int = 32
+    """``bert_qa``: context tokens shared by consecutive windows of a long context (must stay below
+    ``max_length``)."""
     max_answer_length: int = 30
     """``bert_qa``: longest answer, in tokens, that span decoding considers."""
     init_from: str | None = None
@@ -142,10 +143,14 @@ class _BertBase(nn.Module):
             if config.pretrained_weights:
                 from transformers.utils import logging as hf_logging
 
+                verbosity = hf_logging.get_verbosity()
                 hf_logging.set_verbosity_error()  # its load report lists the pooler weights we deliberately drop
-                encoder = AutoModel.from_pretrained(
-                    config.pretrained_dir, config=hf_config, add_pooling_layer=False, local_files_only=True
-                )
+                try:
+                    encoder = AutoModel.from_pretrained(
+                        config.pretrained_dir, config=hf_config, add_pooling_layer=False, local_files_only=True
+                    )
+                finally:
+                    hf_logging.set_verbosity(verbosity)
             else:
                 encoder = AutoModel.from_config(hf_config, add_pooling_layer=False)
         layers = _kept(config, len(encoder.encoder.layer))
