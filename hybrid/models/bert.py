@@ -116,14 +116,39 @@ def _set_dropout(module: nn.Module, p: float) -> None:
             child.p = p
 
 
+def _load_encoder(config: BertConfig) -> nn.Module:
+    """The pretrained (or only configured) encoder of ``config.pretrained_dir``, without its pooler."""
+    offline()
+    if not (Path(config.pretrained_dir) / "config.json").is_file():
+        raise_missing(config.pretrained_dir)
+    from hybrid._quant_torch import quiet
+
+    # transformers imports torchao when it is installed, which logs about CUDA kernels a CPU torch lacks; its
+    # load report lists the pooler weights we deliberately drop. Neither is actionable: silence both here.
+    with quiet():
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            hf_config = AutoConfig.from_pretrained(config.pretrained_dir, local_files_only=True)
+            if not config.pretrained_weights:
+                return AutoModel.from_config(hf_config, add_pooling_layer=False)
+            return AutoModel.from_pretrained(
+                config.pretrained_dir, config=hf_config, add_pooling_layer=False, local_files_only=True
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+
+
 class _BertBase(nn.Module):
     """The encoder with its layers selected and its lower part frozen."""
 
     def __init__(self, config: BertConfig, head_outputs: int) -> None:
         super().__init__()
-        offline()
-        from transformers import AutoConfig, AutoModel
-
         self.config = config
         source: _BertBase | None = None
         if config.init_from is not None:
@@ -137,22 +162,7 @@ class _BertBase(nn.Module):
                 raise ConfigError(f"model.init_from: {config.init_from!r} does not hold a BERT-family model")
             encoder = source.encoder
         else:
-            if not (Path(config.pretrained_dir) / "config.json").is_file():
-                raise_missing(config.pretrained_dir)
-            hf_config = AutoConfig.from_pretrained(config.pretrained_dir, local_files_only=True)
-            if config.pretrained_weights:
-                from transformers.utils import logging as hf_logging
-
-                verbosity = hf_logging.get_verbosity()
-                hf_logging.set_verbosity_error()  # its load report lists the pooler weights we deliberately drop
-                try:
-                    encoder = AutoModel.from_pretrained(
-                        config.pretrained_dir, config=hf_config, add_pooling_layer=False, local_files_only=True
-                    )
-                finally:
-                    hf_logging.set_verbosity(verbosity)
-            else:
-                encoder = AutoModel.from_config(hf_config, add_pooling_layer=False)
+            encoder = _load_encoder(config)
         layers = _kept(config, len(encoder.encoder.layer))
         encoder.encoder.layer = nn.ModuleList([encoder.encoder.layer[i] for i in layers])
         encoder.config.num_hidden_layers = len(layers)
