@@ -63,6 +63,9 @@ class QuantizeConfig:
     """ONNX Runtime: one weight scale per output channel (the torch backend always does this)."""
     max_accuracy_drop: float = 0.01
     """Gate: int8 accuracy must be >= reference accuracy minus this (0.01 = one percentage point)."""
+    min_accuracy_ratio: float | None = None
+    """Gate, relative form: when set, int8 accuracy must be >= reference accuracy times this (0.97 = keeps
+    97% of the teacher's accuracy) and ``max_accuracy_drop`` is not used."""
     latency_batch_size: int = 256
     """Rows per forward pass when timing."""
     latency_repeats: int = 5
@@ -78,12 +81,22 @@ class QuantizeConfig:
             0.0 <= self.max_accuracy_drop <= 1.0,
             f"max_accuracy_drop must be in [0, 1], but got {self.max_accuracy_drop}",
         )
+        require(
+            self.min_accuracy_ratio is None or 0.0 < self.min_accuracy_ratio <= 1.0,
+            f"min_accuracy_ratio must be in (0, 1], but got {self.min_accuracy_ratio}",
+        )
         require(self.latency_batch_size >= 1, f"latency_batch_size must be >= 1, but got {self.latency_batch_size}")
         require(self.latency_repeats >= 1, f"latency_repeats must be >= 1, but got {self.latency_repeats}")
         require(
             self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, but got {self.num_threads}"
         )
         require(self.opset >= 17, f"opset must be >= 17, but got {self.opset}")
+
+    def threshold(self, reference: float) -> float:
+        """The lowest int8 accuracy the gate accepts against ``reference``."""
+        if self.min_accuracy_ratio is not None:
+            return reference * self.min_accuracy_ratio
+        return reference - self.max_accuracy_drop
 
 
 @dataclass(frozen=True)
@@ -155,7 +168,7 @@ class Measurement:
     size_bytes: int
     """Model file size (float: the safetensors weights)."""
     passed_gate: bool | None = None
-    """int8 only: accuracy >= reference accuracy - ``max_accuracy_drop``."""
+    """int8 only: accuracy >= :meth:`QuantizeConfig.threshold` of the reference accuracy."""
 
 
 @dataclass
@@ -275,7 +288,7 @@ def quantize(
                 logits = _batched(int8, eval_inputs)
             measured = _measure(int8, logits, float_logits, eval_labels, eval_inputs, config, threads)
             measured.size_bytes = int8.size_bytes
-            measured.passed_gate = measured.accuracy >= reference - config.max_accuracy_drop
+            measured.passed_gate = measured.accuracy >= config.threshold(reference)
             models[backend], candidates[backend] = int8, measured
         if not models:
             raise QuantizationError(f"no backend could quantize the model: {failures}")

@@ -208,3 +208,10 @@ def test_a_float_model_directory_is_not_overwritten(result: QuantizeResult, cnn:
     directory = save_model(tmp_path / "float", cnn, family="cnn", config=cnn.config)
     with pytest.raises(ArtifactError, match="holds a float model"):
         save_quantized(directory, result.model, family="cnn", config=cnn.config)
+
+
+def test_the_gate_is_absolute_by_default_and_relative_when_a_ratio_is_set() -> None:
+    assert QuantizeConfig(max_accuracy_drop=0.02).threshold(0.87) == pytest.approx(0.85)
+    assert QuantizeConfig(min_accuracy_ratio=0.97).threshold(0.87) == pytest.approx(0.8439)
+    with pytest.raises(ConfigError, match=r"min_accuracy_ratio must be in \(0, 1\], but got 1.5"):
+        QuantizeConfig(min_accuracy_ratio=1.5)
