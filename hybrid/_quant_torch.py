@@ -54,6 +54,8 @@ def quiet() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.* is deprecated")
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).* is deprecated")
+            # the ONNX exporter names a shared dynamic dimension once and says so for every other input
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
             yield
     finally:
         for lg, level in zip(loggers, levels):
