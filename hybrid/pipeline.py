@@ -117,7 +117,7 @@ def run(config: Config, *, stages: Sequence[Stage] = STAGES, restart: bool = Fal
             done = ctx.load_done(stage)
             if done is not None:
                 ctx.results[stage] = done
-        skipped = [s for s in stages if s not in pending]
+        skipped = [s for s in stages if s in supported and s not in pending]
         if skipped:
             echo(f"[run] already done in {run_dir}: {', '.join(skipped)} (use --restart to redo)")
         echo(f"[run] Ray {runtime.cluster_resources().get('CPU', 0):.0f} CPUs; stages to run: {', '.join(pending) or 'none'}")
