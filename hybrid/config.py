@@ -287,6 +287,10 @@ class Config:
             isinstance(self.model, family.config_cls),
             f"model must be a {family.config_cls.__name__} for model.name={self.model_name!r}",
         )
+        if family.task == "spans":
+            from hybrid.models.bert import check_spans
+
+            check_spans(self.model)  # fails at load, and for every search-space edge value, not in a worker
 
     @property
     def run_dir(self) -> Path:

@@ -29,6 +29,10 @@ LABEL = "label"
 TEXT_REASONS = ("label_null", "label_not_integer", "label_out_of_range", "label_unknown", "text_null", "text_empty")
 """Validation rules of text rows, in the order they are checked; a bad row is tagged with the first it breaks."""
 
+BLANK = r"(?U)^\s*$"
+"""Java regex of a text with nothing but white space (tabs, new lines and Unicode spaces too: ``trim`` only
+strips ASCII spaces)."""
+
 _INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _FRACTIONAL = (T.FloatType, T.DoubleType, T.DecimalType)
 
@@ -127,7 +131,7 @@ def text_reject_reason(df: DataFrame, *, num_classes: int, label_names: tuple[st
         if isinstance(label_type, _FRACTIONAL):
             rules.append(("label_not_integer", F.isnan(value) | (value != F.floor(value))))
         rules.append(("label_out_of_range", (value < 0) | (value >= num_classes)))
-    rules += [("text_null", text.isNull()), ("text_empty", F.length(F.trim(text)) == 0)]
+    rules += [("text_null", text.isNull()), ("text_empty", text.rlike(BLANK))]
     expr = F.lit(None).cast("string")
     for name, broken in reversed(rules):
         expr = F.when(broken, F.lit(name)).otherwise(expr)

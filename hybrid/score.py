@@ -91,6 +91,7 @@ from pyspark.sql import types as T
 from hybrid.artifacts import MANIFEST, ArtifactError, load_model, sha256_file
 from hybrid.errors import ConfigError, DataError
 from hybrid.ingest import LABEL, PIXELS
+from hybrid.ingest_text import BLANK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -231,7 +232,7 @@ def text_reject_reason(text: Column) -> Column:
     """The first text rule (see :data:`TEXT_REASONS`) a row breaks, or null."""
     return (
         F.when(text.isNull(), F.lit("text_null"))
-        .when(F.length(F.trim(text)) == 0, F.lit("text_empty"))
+        .when(text.rlike(BLANK), F.lit("text_empty"))
         .otherwise(F.lit(None).cast("string"))
     )
 

@@ -32,7 +32,8 @@ GOOD_PER_CLASS = 120
 BAD = [
     (None, 1, "text_null"),
     ("", 0, "text_empty"),
-    ("   \t ", 1, "text_empty"),
+    ("   \t ", 1, "text_empty"),  # Spark's trim() strips spaces only: this row once slipped through
+    ("\u00a0\n", 0, "text_empty"),
     ("a fine film", None, "label_null"),
     ("a fine film", 2, "label_out_of_range"),
     ("a fine film", -1, "label_out_of_range"),
@@ -162,12 +163,12 @@ def test_spark_scores_text_with_null_and_empty_rows_flagged(trained, ingested, r
     spark = runtime.start_spark(app_name="hybrid-tests")
     directory = checkpoint_dir(trained.checkpoint)
     texts, _ = _sentences()
-    rows = [(i, t) for i, t in enumerate(texts[:40])] + [(100, None), (101, ""), (102, "  ")]
+    rows = [(i, t) for i, t in enumerate(texts[:40])] + [(100, None), (101, ""), (102, "  "), (103, "\t\n\u00a0")]
     df = spark.createDataFrame(rows, "id long, text string")
     out = {r["id"]: r for r in score(df, directory, batch_size=8).collect()}
     assert len(out) == len(rows)
-    assert [out[i]["error"] for i in (100, 101, 102)] == ["text_null", "text_empty", "text_empty"]
-    assert all(out[i]["prediction"] is None for i in (100, 101, 102))
+    assert [out[i]["error"] for i in (100, 101, 102, 103)] == ["text_null", "text_empty", "text_empty", "text_empty"]
+    assert all(out[i]["prediction"] is None for i in (100, 101, 102, 103))
     assert SCORE_REASONS == ("text_null", "text_empty")
 
     model, meta = load_model(directory)

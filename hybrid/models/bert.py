@@ -57,8 +57,8 @@ class BertConfig:
     """Tunable: longer rows are truncated to this many tokens when a batch is padded (``bert_qa``: the
     window length, question and special tokens included)."""
     doc_stride: int = 32
-    """``bert_qa``: context tokens shared by consecutive windows of a long context (must stay below
-    ``max_length``)."""
+    """``bert_qa``: context tokens shared by consecutive windows of a long context (below ``max_length``;
+    checked for ``bert_qa`` only, see :func:`check_spans`)."""
     max_answer_length: int = 30
     """``bert_qa``: longest answer, in tokens, that span decoding considers."""
     init_from: str | None = None
@@ -79,10 +79,7 @@ class BertConfig:
         require(self.frozen_layers >= 0, f"frozen_layers must be >= 0, but got {self.frozen_layers}")
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), but got {self.dropout}")
         require(self.max_length >= 8, f"max_length must be >= 8, but got {self.max_length}")
-        require(
-            0 <= self.doc_stride < self.max_length,
-            f"doc_stride must be in [0, max_length={self.max_length}), but got {self.doc_stride}",
-        )
+        require(self.doc_stride >= 0, f"doc_stride must be >= 0, but got {self.doc_stride}")
         require(self.max_answer_length >= 1, f"max_answer_length must be >= 1, but got {self.max_answer_length}")
 
 
@@ -93,6 +90,20 @@ def raise_missing(pretrained_dir: str) -> None:
         f"model.pretrained_dir: {pretrained_dir!r} has no config.json; it must be a local directory of a "
         "BERT-family model (config.json, weights, tokenizer files)"
     )
+
+
+def check_spans(config: BertConfig) -> None:
+    """The rules that only a span (``bert_qa``) model adds to :class:`BertConfig`.
+
+    Raises:
+        ConfigError: If ``doc_stride >= max_length`` (windows would not advance).
+    """
+    from hybrid.errors import ConfigError
+
+    if config.doc_stride >= config.max_length:
+        raise ConfigError(
+            f"model.doc_stride must be < model.max_length={config.max_length} for bert_qa, but got {config.doc_stride}"
+        )
 
 
 def _kept(config: BertConfig, total: int) -> list[int]:
@@ -203,6 +214,7 @@ class BertSpanHead(_BertBase):
     """Encoder -> per-token start and end logits (extractive question answering)."""
 
     def __init__(self, config: BertConfig) -> None:
+        check_spans(config)
         super().__init__(config, 2)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

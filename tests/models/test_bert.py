@@ -103,3 +103,12 @@ def test_student_starts_from_every_other_teacher_layer(tmp_path: Path) -> None:
         t_layer = teacher.encoder.encoder.layer[t_index]
         assert torch.equal(s_layer.output.dense.weight, t_layer.output.dense.weight)
     assert torch.equal(student.head.weight, teacher.head.weight)
+
+
+def test_doc_stride_is_checked_for_span_models_only() -> None:
+    from hybrid.config import config_from_dict
+
+    config_from_dict({"model": {"name": "bert", "pretrained_dir": str(MODEL), "max_length": 32, "doc_stride": 32}})
+    with pytest.raises(ConfigError, match=r"model.doc_stride must be < model.max_length=32 for bert_qa, but got 32"):
+        config_from_dict({"model": {"name": "bert_qa", "pretrained_dir": str(MODEL), "max_length": 32,
+                                    "doc_stride": 32}})
