@@ -244,7 +244,13 @@ class TextCollate(NumpyBatchCollateFn):
         return out
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {k: torch.as_tensor(v) for k, v in self.arrays(batch).items() if v.dtype != object}
+        # Ray hands out read-only views of its blocks: copy those (labels, teacher logits: a few bytes a row)
+        # rather than give torch a tensor it must not write to.
+        return {
+            k: torch.as_tensor(v) if v.flags.writeable else torch.tensor(v)
+            for k, v in self.arrays(batch).items()
+            if v.dtype != object
+        }
 
 
 QA_COLUMNS = ("question", "context", "answer_start", "answer_text")
