@@ -122,11 +122,9 @@ class _TeacherLogits:
         self.columns = input_columns
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.collate is not None:
-            padded = self.collate(batch)
-            inputs = [padded[c] for c in self.columns]
-        else:
-            inputs = [torch.as_tensor(np.stack(batch[c]).astype(np.float32)) for c in self.columns]
+        from hybrid.models import batch_inputs
+
+        inputs = batch_inputs(batch, self.columns, self.collate)
         with torch.no_grad():
             batch[TEACHER_LOGITS] = self.model(*inputs).float().numpy()  # (batch, num_classes)
         return batch

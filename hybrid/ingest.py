@@ -117,6 +117,14 @@ def check_schema(df: DataFrame, *, table: str) -> None:
         )
 
 
+def first_broken_rule(rules: list[tuple[str, Column]]) -> Column:
+    """A string column holding the name of the first rule in ``rules`` whose condition is true, or null."""
+    expr = F.lit(None).cast("string")
+    for name, broken in reversed(rules):
+        expr = F.when(broken, F.lit(name)).otherwise(expr)
+    return expr
+
+
 def reject_reason(df: DataFrame, *, num_pixels: int, num_classes: int) -> Column:
     """A column holding the first validation rule a row breaks (see :data:`REASONS`), or null."""
     label, pixels = F.col(LABEL), F.col(PIXELS)
@@ -139,10 +147,7 @@ def reject_reason(df: DataFrame, *, num_pixels: int, num_classes: int) -> Column
                 F.exists(pixels, lambda x: F.isnan(x.cast("double")) | (F.abs(x.cast("double")) == math.inf)),
             )
         )
-    expr = F.lit(None).cast("string")
-    for name, broken in reversed(rules):
-        expr = F.when(broken, F.lit(name)).otherwise(expr)
-    return expr
+    return first_broken_rule(rules)
 
 
 def stratified_split(

@@ -20,6 +20,7 @@ from pyspark.sql import types as T
 
 from hybrid.config import DataConfig
 from hybrid.errors import ConfigError, DataError
+from hybrid.ingest import first_broken_rule
 from hybrid.text import INPUT_IDS, TEXT, load_tokenizer, tokenize
 
 if TYPE_CHECKING:
@@ -112,13 +113,18 @@ def check_text_schema(df: DataFrame, *, table: str) -> None:
         )
 
 
+def text_rules(text: Column) -> list[tuple[str, Column]]:
+    """The rules about the text alone (``text_null``, ``text_empty``), in order; scoring checks these too."""
+    return [("text_null", text.isNull()), ("text_empty", text.rlike(BLANK))]
+
+
 def text_reject_reason(df: DataFrame, *, num_classes: int, label_names: tuple[str, ...]) -> Column:
     """A column holding the first rule of :data:`TEXT_REASONS` a row breaks, or null.
 
     String labels are accepted as a class name (from ``label_names``) or as the class number written out
     ("1"); anything else is ``label_unknown``.
     """
-    label, text = F.col(LABEL), F.col(TEXT)
+    label = F.col(LABEL)
     label_type = df.schema[LABEL].dataType
     rules: list[tuple[str, Column]] = [("label_null", label.isNull())]
     if isinstance(label_type, T.StringType):
@@ -131,11 +137,7 @@ def text_reject_reason(df: DataFrame, *, num_classes: int, label_names: tuple[st
         if isinstance(label_type, _FRACTIONAL):
             rules.append(("label_not_integer", F.isnan(value) | (value != F.floor(value))))
         rules.append(("label_out_of_range", (value < 0) | (value >= num_classes)))
-    rules += [("text_null", text.isNull()), ("text_empty", text.rlike(BLANK))]
-    expr = F.lit(None).cast("string")
-    for name, broken in reversed(rules):
-        expr = F.when(broken, F.lit(name)).otherwise(expr)
-    return expr
+    return first_broken_rule(rules + text_rules(F.col(TEXT)))
 
 
 def label_index(df: DataFrame, label_names: tuple[str, ...]) -> Column:

@@ -193,11 +193,10 @@ def _shipped_metadata(directory: Path) -> dict[str, Any]:
 
 def _measure_model(ctx: _Run, model: Any, *, directory: Path, file_bytes: int) -> dict[str, Any]:
     """Test metrics, size and latency (batch 256, all cores) of the float or int8 model saved in ``directory``."""
-    import numpy as np
     import torch
 
     from hybrid.artifacts import model_collate
-    from hybrid.models import get_family
+    from hybrid.models import batch_inputs, get_family
     from hybrid.quantize import latency_ms_per_sample
     from hybrid.train import evaluate
 
@@ -208,10 +207,7 @@ def _measure_model(ctx: _Run, model: Any, *, directory: Path, file_bytes: int) -
                     max_answer_length=int(meta["config"].get("max_answer_length", 30)))
     columns = get_family(family).input_columns
     sample = ctx.data.test.take_batch(LATENCY_BATCH, batch_format="numpy")
-    if collate is not None:
-        inputs = tuple(collate(sample)[c] for c in columns)
-    else:
-        inputs = tuple(torch.as_tensor(np.stack(sample[c]).astype(np.float32)) for c in columns)
+    inputs = batch_inputs(sample, columns, collate)
     with torch.no_grad():
         latency = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, threads=os.cpu_count() or 1)
     return {"test": test.metrics, "test_confusion_matrix": test.confusion_matrix, "size_bytes": file_bytes,
@@ -359,16 +355,13 @@ def _side_by_side(
 ) -> dict[str, Any]:
     """Latency of ``models`` on the same validation rows, timed round robin (best of ``rounds``), so that
     the ratios are not skewed by the machine's load changing between stages; sizes and ratios to the teacher."""
-    import numpy as np
     import torch
 
+    from hybrid.models import batch_inputs
     from hybrid.quantize import latency_ms_per_sample
 
     sample = ctx.data.val.take_batch(LATENCY_BATCH, batch_format="numpy")
-    if collate is not None:
-        inputs = tuple(collate(sample)[c] for c in columns)
-    else:
-        inputs = tuple(torch.as_tensor(np.stack(sample[c]).astype(np.float32)) for c in columns)
+    inputs = batch_inputs(sample, columns, collate)
     best = dict.fromkeys(models, float("inf"))
     for _ in range(rounds):
         for name, model in models.items():

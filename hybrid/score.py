@@ -90,8 +90,8 @@ from pyspark.sql import types as T
 
 from hybrid.artifacts import MANIFEST, ArtifactError, load_model, sha256_file
 from hybrid.errors import ConfigError, DataError
-from hybrid.ingest import LABEL, PIXELS
-from hybrid.ingest_text import BLANK
+from hybrid.ingest import LABEL, PIXELS, first_broken_rule
+from hybrid.ingest_text import text_rules
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -222,19 +222,20 @@ def pixel_reject_reason(pixels: Column, *, num_pixels: int) -> Column:
         ("pixel_null", F.size(F.array_intersect(pixels, F.array(F.lit(None)))) > 0),
         ("pixel_not_finite", F.isnan(largest) | (largest == float("inf")) | (smallest == float("-inf"))),
     ]
-    expr = F.lit(None).cast("string")
-    for name, broken in reversed(rules):
-        expr = F.when(broken, F.lit(name)).otherwise(expr)
-    return expr
+    return first_broken_rule(rules)
 
 
 def text_reject_reason(text: Column) -> Column:
     """The first text rule (see :data:`TEXT_REASONS`) a row breaks, or null."""
-    return (
-        F.when(text.isNull(), F.lit("text_null"))
-        .when(text.rlike(BLANK), F.lit("text_empty"))
-        .otherwise(F.lit(None).cast("string"))
-    )
+    return first_broken_rule(text_rules(text))
+
+
+def _input_type(df: DataFrame, input_col: str) -> T.DataType:
+    """The type of the column to score, or a :class:`DataError` naming it and the columns there are."""
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if input_col not in fields:
+        raise DataError(f"column '{input_col}' to score is required, but the columns are {sorted(fields)}")
+    return fields[input_col]
 
 
 def check_text_column(df: DataFrame, input_col: str) -> None:
@@ -243,13 +244,9 @@ def check_text_column(df: DataFrame, input_col: str) -> None:
     Raises:
         DataError: If the column is missing or has another type.
     """
-    fields = {f.name: f.dataType for f in df.schema.fields}
-    if input_col not in fields:
-        raise DataError(f"column '{input_col}' to score is required, but the columns are {sorted(fields)}")
-    if not isinstance(fields[input_col], T.StringType):
-        raise DataError(
-            f"column '{input_col}' must hold strings (one text per row), but has type {fields[input_col].simpleString()}"
-        )
+    dtype = _input_type(df, input_col)
+    if not isinstance(dtype, T.StringType):
+        raise DataError(f"column '{input_col}' must hold strings (one text per row), but has type {dtype.simpleString()}")
 
 
 def check_pixels_column(df: DataFrame, input_col: str) -> None:
@@ -258,10 +255,7 @@ def check_pixels_column(df: DataFrame, input_col: str) -> None:
     Raises:
         DataError: If the column is missing or has another type.
     """
-    fields = {f.name: f.dataType for f in df.schema.fields}
-    if input_col not in fields:
-        raise DataError(f"column '{input_col}' to score is required, but the columns are {sorted(fields)}")
-    dtype = fields[input_col]
+    dtype = _input_type(df, input_col)
     if not isinstance(dtype, T.ArrayType) or not isinstance(dtype.elementType, T.NumericType):
         raise DataError(
             f"column '{input_col}' must be an array of numbers (one image per row), "
@@ -449,11 +443,12 @@ def _predictor(model: Any, meta: dict[str, Any], directory: Path) -> Callable[[n
     if _modality(meta) == "text":
         from hybrid.artifacts import model_collate
         from hybrid.models import get_family
+        from hybrid.models.bert import ENCODER_DIR
         from hybrid.text import load_tokenizer
 
         collate = model_collate(directory, meta)
         columns = get_family(meta["family"]).input_columns
-        tokenizer = load_tokenizer(str(directory / "encoder"))
+        tokenizer = load_tokenizer(str(directory / ENCODER_DIR))
         max_length = int(meta.get("max_seq_length") or meta["config"].get("max_length", 128))
 
         def text(rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

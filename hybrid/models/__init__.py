@@ -6,6 +6,7 @@ from hybrid.models import bert
 from hybrid.models.bert import BertClassifier, BertConfig, BertSpanHead
 from hybrid.models.cnn import CNN, CNNConfig
 from hybrid.models.registry import (
+    batch_inputs,
     collate_fn,
     create_model,
     get_family,
@@ -41,4 +42,5 @@ __all__ = [
     "BertConfig",
     "BertSpanHead",
     "CNNConfig",
+    "batch_inputs",
     "collate_fn", "create_model", "get_family", "list_models", "model_config", "register_model"]

@@ -6,11 +6,13 @@ else in hybrid (training, tuning, artifacts) only ever names a family and passes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
 from hybrid._dataclass_io import from_dict
@@ -60,6 +62,17 @@ def register_model(
         name=name, config_cls=config_cls, build=build, input_columns=input_columns, collate=collate,
         export_assets=export_assets, localize=localize, task=task,
     )
+
+
+def batch_inputs(
+    batch: Mapping[str, Any], columns: Sequence[str], collate: Callable[[dict[str, Any]], dict[str, Any]] | None
+) -> tuple[torch.Tensor, ...]:
+    """The tensors ``forward`` takes from one numpy batch: collated once by the family's ``collate`` (text is
+    padded here), or each column stacked as float32 (images)."""
+    if collate is not None:
+        collated = collate(dict(batch))
+        return tuple(collated[c] for c in columns)
+    return tuple(torch.as_tensor(np.stack(batch[c]).astype(np.float32)) for c in columns)
 
 
 def collate_fn(name: str, config: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
