@@ -47,7 +47,6 @@ import argparse
 import gc
 import os
 import platform
-import statistics
 import sys
 import warnings
 import time
@@ -55,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from _table import render_table
+from _table import Timed, progress, render_table
 
 if TYPE_CHECKING:
     import ray.data
@@ -69,30 +68,14 @@ WARMUP_ROWS = 1_000
 
 
 @dataclass
-class Measurement:
+class Measurement(Timed):
     """One path at one size."""
 
-    path: str
-    rows: int
-    seconds: list[float]
-    """Wall time of every timed run."""
     rows_out: int
     store_bytes: int
 
-    @property
-    def best_s(self) -> float:
-        """Fastest run: the least disturbed by other load on the machine."""
-        return min(self.seconds)
 
-    @property
-    def median_s(self) -> float:
-        """Median run."""
-        return statistics.median(self.seconds)
-
-
-def log(message: str) -> None:
-    """A progress line, flushed at once (Ray and Spark write to the same terminal)."""
-    print(f"[bench_ingest {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = progress("bench_ingest")
 
 
 def make_frame(spark: SparkSession, *, rows: int, features: int, partitions: int, layout: Layout) -> DataFrame:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -55,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from _table import render_table
+from _table import Timed, progress, render_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -72,23 +71,12 @@ BAD_EVERY = 100
 
 
 
-def log(message: str) -> None:
-    """A progress line, flushed at once."""
-    print(f"[bench_score {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = progress("bench_score")
 
 
 @dataclass
-class Measurement:
+class Measurement(Timed):
     """One path."""
-
-    path: str
-    rows: int
-    seconds: list[float]
-
-    @property
-    def best_s(self) -> float:
-        """Fastest run: the least disturbed by other load on the machine."""
-        return min(self.seconds)
 
     @property
     def rows_per_s(self) -> float:
@@ -322,7 +310,7 @@ def format_table(results: list[Measurement]) -> str:
     header = ("path", "rows", "best s", "median s", "rows/s", "x in_process")
     lines = [header]
     for m in results:
-        lines.append((m.path, f"{m.rows:,}", f"{m.best_s:.2f}", f"{statistics.median(m.seconds):.2f}",
+        lines.append((m.path, f"{m.rows:,}", f"{m.best_s:.2f}", f"{m.median_s:.2f}",
                       f"{m.rows_per_s:,.0f}", f"{m.rows_per_s / base:.2f}"))
     return render_table(lines, left=(0,))
 

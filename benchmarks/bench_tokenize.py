@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 import time
 import warnings
@@ -54,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from _table import render_table
+from _table import Timed, progress, render_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -67,30 +66,14 @@ DEFAULT_DATA = "data/sentence_polarity/movieReviewSnippets_GroundTruth.txt"
 
 
 @dataclass
-class Measurement:
+class Measurement(Timed):
     """One path at one size."""
 
-    path: str
-    rows: int
-    seconds: list[float]
-    """Wall time of every timed run."""
     tokens: int
     """Token ids produced in the last run (all rows, with [CLS]/[SEP])."""
 
-    @property
-    def best_s(self) -> float:
-        """Fastest run: the least disturbed by other load on the machine."""
-        return min(self.seconds)
 
-    @property
-    def median_s(self) -> float:
-        """Median run."""
-        return statistics.median(self.seconds)
-
-
-def log(message: str) -> None:
-    """A progress line, flushed at once (Ray and Spark write to the same terminal)."""
-    print(f"[bench_tokenize {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = progress("bench_tokenize")
 
 
 def load_sentences(path: str | Path, rows: int) -> list[str]:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from _table import render_table
+from _table import progress, render_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,9 +74,7 @@ class Row:
     note: str = ""
 
 
-def log(message: str) -> None:
-    """A progress line, flushed at once (Ray writes to the same terminal)."""
-    print(f"[bench_train {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = progress("bench_train")
 
 
 
