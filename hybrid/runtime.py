@@ -93,6 +93,8 @@ class Runtime:
     session_dir: Path | None = None
     _tmp_before: set[Path] = field(default_factory=set)
     _token_existed: bool = True
+    _reaper: Any = None
+    """The watcher that reaps this local Ray's processes if this process is killed (see hybrid._reaper)."""
 
     def start_spark(self, app_name: str = "hybrid") -> SparkSession:
         """Start Spark on Ray through RayDP (no-op if already running) and return the session."""
@@ -151,6 +153,11 @@ class Runtime:
                 ray.shutdown()
             if self.owns_cluster:
                 self._remove_temp_files()
+            if self._reaper is not None:  # a clean shutdown: nothing left to reap
+                self._reaper.terminate()
+                with contextlib.suppress(Exception):
+                    self._reaper.wait(timeout=5)
+                self._reaper = None
 
     def _remove_temp_files(self) -> None:
         # What our local Ray and RayDP left: our session dir, the Java core-worker library RayDP
@@ -282,6 +289,11 @@ def start_ray(config: RuntimeConfig) -> Runtime:
         with contextlib.suppress(Exception):
             session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
     log.info("Ray ready in %.1f s: %s", time.perf_counter() - t0, ray.cluster_resources())
+    reaper = None
+    if config.ray_address is None:
+        from hybrid import _reaper
+
+        reaper = _reaper.start(session_dir=session_dir, token=None if token_existed else _AUTH_TOKEN)
     return Runtime(
         config=config,
         connected=True,
@@ -289,6 +301,7 @@ def start_ray(config: RuntimeConfig) -> Runtime:
         session_dir=session_dir,
         _tmp_before=tmp_before,
         _token_existed=token_existed,
+        _reaper=reaper,
     )
 
 
