@@ -13,6 +13,9 @@ epoch). Ten floats per row in the object store are cheap.
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,8 @@ from hybrid._dataclass_io import require
 
 if TYPE_CHECKING:
     import ray.data
+
+    from hybrid.config import Config
 
 TEACHER_LOGITS = "teacher_logits"
 
@@ -180,3 +185,89 @@ def student_config(
         for k, v in teacher_config.items()
     }
     return model_config(family, {**narrowed, **overrides})
+
+
+@dataclass
+class DistillResult:
+    """What the distill stage produced: the student's best checkpoint and how it was trained."""
+
+    checkpoint: Path
+    """The student's best checkpoint by the tuned metric (a model directory)."""
+    student_config: dict[str, Any]
+    """The student's architecture."""
+    train: dict[str, Any]
+    """The student's training settings (the teacher's tuned ones, with ``distill.max_epochs``)."""
+    teacher_logits_s: float
+    """Seconds spent computing the teacher's logits for the training rows."""
+
+    def summary(self) -> dict[str, Any]:
+        """The ``distill`` block of ``summary.json``."""
+        return {"teacher_logits_s": self.teacher_logits_s, "train": self.train, "student_config": self.student_config}
+
+
+def distill(
+    teacher_dir: Path,
+    datasets: dict[str, ray.data.Dataset],
+    *,
+    config: Config,
+    train_rows: int,
+    metadata: dict[str, Any],
+    storage_dir: Path,
+    echo: Callable[[str], None] = print,
+) -> DistillResult:
+    """Train a student from the teacher in ``teacher_dir`` on soft targets plus hard labels (Ray Train).
+
+    The student's architecture comes from :func:`student_config`; it trains with the teacher's tuned
+    training settings, in a fresh Ray Train run under ``storage_dir`` (the caller gives each attempt
+    its own, so that no earlier attempt's checkpoint can win).
+
+    Raises:
+        TrainingError: If training fails or leaves no checkpoint.
+    """
+    from hybrid._dataclass_io import to_dict
+    from hybrid.artifacts import read_metadata
+    from hybrid.errors import TrainingError
+    from hybrid.models import get_family
+    from hybrid.train import LoopSpec, build_trainer, checkpoint_dir
+
+    teacher = read_metadata(teacher_dir)
+    family = teacher["family"]
+    student = student_config(family, teacher["config"], config.distill.student,
+                             width_multiplier=config.distill.width_multiplier, teacher_dir=teacher_dir)
+    tuned = {k.split(".", 1)[1]: v for k, v in teacher.get("params", {}).items() if k.startswith("train.")}
+    train_cfg = dataclasses.replace(config.train, **tuned)
+    if config.distill.max_epochs is not None:
+        train_cfg = dataclasses.replace(train_cfg, max_epochs=config.distill.max_epochs)
+    # One student, nothing beside it: give its workers the free CPUs of one node rather than a trial's share.
+    free = _cpus_per_node_free() // train_cfg.num_workers
+    train_cfg = dataclasses.replace(train_cfg, cpus_per_worker=max(train_cfg.cpus_per_worker, free))
+    t0 = time.perf_counter()
+    train = add_teacher_logits(datasets["train"], teacher_dir, input_columns=get_family(family).input_columns,
+                               batch_size=config.train.eval_batch_size, num_cpus=max(1, _cpus_per_node_free()))
+    logits_s = time.perf_counter() - t0
+    changed = {k: v for k, v in to_dict(student).items() if teacher["config"].get(k) != v}
+    echo(f"[distill] teacher logits for {train_rows} rows in {logits_s:.1f} s; training the student "
+         f"({', '.join(f'{k}={v}' for k, v in changed.items())}) for {train_cfg.max_epochs} epochs")
+    spec = LoopSpec(
+        model_name=family, model=to_dict(student), train=to_dict(train_cfg), num_classes=config.data.num_classes,
+        train_rows=train_rows, metadata=metadata,
+        distill={"alpha": config.distill.alpha, "temperature": config.distill.temperature},
+    )
+    result = build_trainer(spec, {"train": train, "val": datasets["val"]}, storage_path=storage_dir.parent,
+                           name=storage_dir.name, metric=config.tune.metric, mode=config.tune.mode).fit()
+    if result.error is not None:
+        raise TrainingError(f"distill: the student's training failed: {result.error}") from result.error
+    best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
+    if best is None:
+        raise TrainingError(f"distill: the student's training under {storage_dir} left no checkpoint")
+    return DistillResult(checkpoint=checkpoint_dir(best), student_config=to_dict(student), train=to_dict(train_cfg),
+                         teacher_logits_s=logits_s)
+
+
+def _cpus_per_node_free() -> int:
+    """The most CPUs free on any one node: a request sized from the cluster's total may fit no node."""
+    import ray
+
+    per_node = [float(node.get("Resources", {}).get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")]
+    free = ray.available_resources().get("CPU", 0.0)
+    return max(1, int(min(free, max(per_node)) if per_node else free))

@@ -1,56 +1,75 @@
 """Wire the stages into runs: ingest -> tune -> distill -> quantize -> score -> report.
 
-This is where side effects live (processes, files, console output); the stages it calls take
-values and return values. Each stage writes its outputs and ``stages/<stage>.json`` into the run
-directory, so ``hybrid run`` resumes where a previous run stopped (ingest is re-run whenever a
-stage that trains or measures still needs the Ray datasets). The run directory holds::
+This module only wires: each stage's logic lives in its own module (:mod:`hybrid.ingest`,
+:mod:`hybrid.tune`, :mod:`hybrid.distill`, :mod:`hybrid.quantize`, :mod:`hybrid.score`) and returns a
+typed result; here they are called in order, their results recorded, and the run directory kept
+truthful (:mod:`hybrid.rundir`):
 
-    config.yaml        the resolved config (after --set overrides)
+- one process per run directory at a time (a file lock);
+- each stage records a fingerprint of what it read (:mod:`hybrid.fingerprint`): the config keys, the
+  input files, the search space, the code version and its upstream stage. A re-run redoes exactly
+  the stages whose fingerprint changed (and the stages after them), and says which and why;
+- a stage's record is its commit point, written atomically after its outputs; the records of a stage
+  and of every later stage are removed before it starts.
+
+The run directory holds::
+
+    config.yaml        the resolved config of the latest invocation (after --set overrides)
     search_space.yaml  the search space used
     quarantine.parquet rejected rows with their reason (only when there are any)
-    trials/<id>.json   every trial's sampled config, status and per-epoch metrics
-    teacher/           the best trial's checkpoint (safetensors + JSON + SHA-256 manifest)
+    tune/              Ray Tune/Train storage and the Optuna study of the current search (resumable)
+    trials/<id>.json   every trial of the current search: sampled config, status, per-epoch metrics
+    train/             the student's Ray Train storage, one folder per attempt
+    teacher/           the best trial's model (safetensors + JSON + SHA-256 manifest)
     student/           the distilled student (same format)
     student_int8/      the int8 student (ONNX or torch.export file + JSON + manifest)
     scores.parquet     the Spark batch-scoring output of the test table
-    stages/*.json      each finished stage's results
+    stages/*.json      each finished stage's fingerprint and results
     summary.json       everything above as numbers; report.html the same as a page
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from hybrid.artifacts import load_model, update_metadata
+from hybrid import _atomic
 from hybrid.config import Config, check_paths
+from hybrid.errors import HybridError
+from hybrid.fingerprint import Fingerprint, input_files, stage_fingerprints
 from hybrid.monitor import PeakRSS, StageTimer
 from hybrid.report import write_report
+from hybrid.rundir import StageStore, locked
 from hybrid.search_space import check_search_space, dump_search_space, load_search_space
+
+if TYPE_CHECKING:
+    from hybrid.ingest import IngestResult
+    from hybrid.runtime import Runtime
 
 Echo = Callable[[str], None]
 Stage = Literal["tune", "distill", "quantize", "score"]
 STAGES: tuple[Stage, ...] = ("tune", "distill", "quantize", "score")
 _NEEDS_DATA = {"tune", "distill", "quantize"}
-LATENCY_BATCH = 256
+
+
+class StageOrderError(HybridError):
+    """A stage was asked for before the stage it reads from was done."""
 
 
 def prepare_run_dir(config: Config) -> Path:
-    """Create the run directory and write the resolved config and search space into it."""
+    """Create the run directory and write the resolved config and search space into it (atomically)."""
     run_dir = config.run_dir
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     space = load_search_space(config.tune.search_space)
     check_search_space(space, config)  # a bad key or edge value fails now, not after ingest
-    (run_dir / "search_space.yaml").write_text(dump_search_space(space))
+    _atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    _atomic.write_text(run_dir / "search_space.yaml", dump_search_space(space))
     return run_dir
 
 
@@ -60,76 +79,129 @@ class _Run:
 
     config: Config
     run_dir: Path
-    runtime: Any
+    runtime: Runtime
     echo: Echo
     timer: StageTimer
-    data: Any = None
+    store: StageStore
+    fingerprints: dict[str, Fingerprint]
+    data: IngestResult | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def stage_file(self, stage: str) -> Path:
-        return self.run_dir / "stages" / f"{stage}.json"
-
-    def load_done(self, stage: str) -> dict[str, Any] | None:
-        path = self.stage_file(stage)
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def finish(self, stage: str, result: dict[str, Any]) -> None:
-        self.results[stage] = result
-        self.stage_file(stage).write_text(json.dumps(result, indent=2) + "\n")
-        if stage in STAGES:  # what later stages made from this stage's old outputs is stale now
-            for later in STAGES[STAGES.index(stage) + 1 :]:
-                self.stage_file(later).unlink(missing_ok=True)
-                self.results.pop(later, None)
+    def dataset(self) -> IngestResult:
+        """The ingested Ray datasets (ingest ran before any stage that needs them)."""
+        if self.data is None:
+            raise RuntimeError("a stage that needs the data ran before ingest")  # a wiring bug, not user error
+        return self.data
 
     def spark(self) -> Any:
         with self.timer("spark_start"):
             return self.runtime.start_spark(app_name=f"hybrid-{self.config.name}")
 
+    def begin(self, stage: Stage) -> None:
+        """Before ``stage`` touches its outputs: its record and every later one stop counting."""
+        self.store.invalidate_from(stage)
+        for later in STAGES[STAGES.index(stage):]:
+            self.results.pop(later, None)
+
+    def commit(self, stage: str, result: dict[str, Any]) -> None:
+        """``stage``'s outputs are in place: record them with its fingerprint."""
+        self.results[stage] = result
+        self.store.commit(stage, self.fingerprints[stage], result)
+
+
+def plan(
+    store: StageStore, fingerprints: dict[str, Fingerprint], requested: Sequence[str], *, restart: bool
+) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Which requested stages must run and why, and the recorded results of every current stage.
+
+    A stage runs when it was never run, its record is unreadable, its fingerprint changed, or a stage
+    before it runs (its input changes). ``restart`` redoes every requested stage.
+
+    Raises:
+        StageOrderError: If a requested stage reads from a stage that is neither current nor requested.
+    """
+    pending: dict[str, list[str]] = {}
+    kept: dict[str, dict[str, Any]] = {}
+    for stage in ("ingest", *STAGES):  # ingest is never requested: it runs whenever a stage needs the data
+        result, reasons = store.result_if_current(stage, fingerprints[stage])
+        upstream = next(iter(pending), None)
+        if stage in requested and restart:
+            pending[stage] = ["--restart"]
+        elif stage in requested and result is None:
+            pending[stage] = reasons
+        elif stage in requested and upstream is not None:
+            pending[stage] = [f"its input stage {upstream} is redone"]
+        elif result is not None and upstream is None:
+            kept[stage] = result
+        if stage in pending and stage != "tune":
+            before = STAGES[STAGES.index(stage) - 1]  # type: ignore[arg-type]
+            if before not in pending and before not in kept:
+                why = "; ".join(store.result_if_current(before, fingerprints[before])[1])
+                raise StageOrderError(f"{stage} needs the {before} stage first ({before}: {why}); run "
+                                      f"`hybrid run CONFIG` to do every stage that is not done")
+    return pending, kept
+
 
 def run(config: Config, *, stages: Sequence[Stage] = STAGES, restart: bool = False, echo: Echo = print) -> dict[str, Any]:
     """Run ``stages`` (in pipeline order) for ``config``; returns ``summary.json``'s content.
 
-    Stages already finished in the run directory are skipped unless ``restart``.
+    Stages whose recorded fingerprint is current are kept unless ``restart``; the others run.
 
     Raises:
         ConfigError: If an input path or the search space is invalid (before anything starts).
+        RunLockedError: If another process works in the same run directory.
+        StageOrderError: If a stage is asked for before the stage it reads from.
         DataError: If the data cannot be used.
         TrainingError: If every trial failed.
     """
+    check_paths(config)
+    with locked(config.run_dir):
+        return _run_locked(config, stages=stages, restart=restart, echo=echo)
+
+
+def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo: Echo) -> dict[str, Any]:
     from hybrid.runtime import running
 
-    check_paths(config)
     run_dir = prepare_run_dir(config)
-    if restart:
-        for stage in stages:
-            (run_dir / "stages" / f"{stage}.json").unlink(missing_ok=True)
+    for folder in (run_dir, run_dir / "stages"):
+        _atomic.remove_debris(folder)
+    store = StageStore(run_dir)
+    fingerprints = stage_fingerprints(config, input_files=input_files(config))
+    supported = _supported_stages(config)
+    unsupported = [s for s in stages if s not in supported]
+    if unsupported:
+        echo(f"[run] {config.model_name} models stop after tuning: {', '.join(unsupported)} not run "
+             "(distilling, quantizing and Spark scoring of span models are not implemented yet)")
+    requested = [s for s in STAGES if s in stages and s in supported]
+    pending, kept = plan(store, fingerprints, requested, restart=restart)
+    for warning in store.warnings:
+        echo(f"[run] warning: {warning}")
+    done = [s for s in requested if s in kept]
+    if done:
+        echo(f"[run] already done and current in {run_dir}: {', '.join(done)} (use --restart to redo)")
+    for stage, reasons in pending.items():
+        echo(f"[run] {stage}: to run ({'; '.join(reasons)})")
     timer = StageTimer()
     started = time.perf_counter()
     with PeakRSS() as memory, running(config.runtime, with_spark=False) as runtime:
-        ctx = _Run(config=config, run_dir=run_dir, runtime=runtime, echo=echo, timer=timer)
-        supported = _supported_stages(config)
-        unsupported = [s for s in stages if s not in supported]
-        if unsupported:
-            echo(f"[run] {config.model_name} models stop after tuning: {', '.join(unsupported)} not run "
-                 "(distilling, quantizing and Spark scoring of span models are not implemented yet)")
-        pending = [s for s in STAGES if s in stages and s in supported and ctx.load_done(s) is None]
-        for stage in ("ingest", *STAGES):  # the last ingest's counts stand until ingest runs again
-            done = ctx.load_done(stage)
-            if done is not None:
-                ctx.results[stage] = done
-        skipped = [s for s in stages if s in supported and s not in pending]
-        if skipped:
-            echo(f"[run] already done in {run_dir}: {', '.join(skipped)} (use --restart to redo)")
-        echo(f"[run] Ray {runtime.cluster_resources().get('CPU', 0):.0f} CPUs; stages to run: {', '.join(pending) or 'none'}")
+        ctx = _Run(config=config, run_dir=run_dir, runtime=runtime, echo=echo, timer=timer, store=store,
+                   fingerprints=fingerprints, results=dict(kept))
+        echo(f"[run] Ray {runtime.cluster_resources().get('CPU', 0):.0f} CPUs; stages to run: "
+             f"{', '.join(pending) or 'none'}")
         if _NEEDS_DATA & set(pending):
             _ingest(ctx)
-        for stage in pending:
+        for stage in STAGES:
+            if stage not in pending:
+                continue
+            if stage == "tune" and restart:
+                shutil.rmtree(run_dir / "tune", ignore_errors=True)  # a fresh search, not a resumed one
+            ctx.begin(stage)
             with timer(stage):
                 result = _STAGE_FUNCS[stage](ctx)
-            ctx.finish(stage, {**result, "duration_s": timer.durations_s[stage]})
+            ctx.commit(stage, {**result, "duration_s": timer.durations_s[stage]})
     timer.durations_s["total"] = round(time.perf_counter() - started, 3)
     summary = _summary(ctx, memory.peak_bytes)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _atomic.write_json(run_dir / "summary.json", summary)
     report = write_report(run_dir)
     echo(format_summary(summary))
     echo(f"report: {report}")
@@ -151,13 +223,16 @@ def headline(test: dict[str, Any]) -> str:
 
 def run_tune(config: Config, *, echo: Echo = print) -> dict[str, Any]:
     """``hybrid tune``: ingest -> tune -> evaluate the best checkpoint on the test set."""
-    return run(config, stages=("tune",), restart=True, echo=echo)
+    return run(config, stages=("tune",), echo=echo)
 
 
 def _ingest(ctx: _Run) -> None:
     from hybrid.ingest import ingest
 
     spark = ctx.spark()
+    # Ingest is deterministic: running it again (to rebuild the in-memory Ray datasets) changes no
+    # later stage's input unless its fingerprint changed, and then theirs changed too.
+    ctx.store.path("ingest").unlink(missing_ok=True)
     with ctx.timer("ingest"):
         tokenizer_dir = getattr(ctx.config.model, "pretrained_dir", None)
         data = ingest(spark, ctx.config.data, run_dir=ctx.run_dir, tokenizer_dir=tokenizer_dir)
@@ -169,12 +244,11 @@ def _ingest(ctx: _Run) -> None:
     if ctx.config.runtime.release_spark_for_training:
         ctx.runtime.stop_spark()
     ctx.data = data
-    ctx.finish("ingest", {"data": data.summary(), "durations_s": data.durations_s,
+    ctx.commit("ingest", {"data": data.summary(), "durations_s": data.durations_s,
                           "duration_s": ctx.timer.durations_s["ingest"]})
 
 
-def _metadata(ctx: _Run) -> dict[str, Any]:
-    data = ctx.data
+def _metadata(data: IngestResult) -> dict[str, Any]:
     meta: dict[str, Any] = {"label_names": list(data.label_names)}
     if data.normalizer is not None:
         meta["normalizer"] = data.normalizer.to_dict()
@@ -183,60 +257,33 @@ def _metadata(ctx: _Run) -> dict[str, Any]:
     return meta
 
 
-def _shipped_metadata(directory: Path) -> dict[str, Any]:
-    """What the scorer needs from a model's ``model.json`` besides the model (preprocessing, names)."""
-    from hybrid.artifacts import read_metadata
+def _adopt(ctx: _Run, checkpoint: Path, name: str) -> tuple[Path, Any, dict[str, Any]]:
+    """Copy a float checkpoint's model to ``run_dir/name`` and measure it: ``(directory, report, metadata)``."""
+    from hybrid.artifacts import WEIGHTS, load_model
+    from hybrid.measure import adopt_checkpoint, measure_model
 
-    meta = read_metadata(directory)
-    return {k: meta[k] for k in ("normalizer", "label_names", "max_seq_length") if k in meta}
-
-
-def _measure_model(ctx: _Run, model: Any, *, directory: Path, file_bytes: int) -> dict[str, Any]:
-    """Test metrics, size and latency (batch 256, all cores) of the float or int8 model saved in ``directory``."""
-    import torch
-
-    from hybrid.artifacts import model_collate
-    from hybrid.models import batch_inputs, get_family
-    from hybrid.quantize import latency_ms_per_sample
-    from hybrid.train import evaluate
-
-    meta = json.loads((directory / "model.json").read_text())
-    family, collate = meta["family"], model_collate(directory, meta)
-    test = evaluate(model, ctx.data.test, model_name=family, num_classes=ctx.config.data.num_classes,
-                    batch_size=ctx.config.train.eval_batch_size, collate=collate,
-                    max_answer_length=int(meta["config"].get("max_answer_length", 30)))
-    columns = get_family(family).input_columns
-    sample = ctx.data.test.take_batch(LATENCY_BATCH, batch_format="numpy")
-    inputs = batch_inputs(sample, columns, collate)
-    with torch.no_grad():
-        latency = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, threads=os.cpu_count() or 1)
-    return {"test": test.metrics, "test_confusion_matrix": test.confusion_matrix, "size_bytes": file_bytes,
-            "latency_ms_per_sample": latency}
-
-
-def _adopt_checkpoint(ctx: _Run, checkpoint: Path, name: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Copy a float checkpoint to ``run_dir/name`` and measure it: ``(directory, metadata, summary block)``."""
-    from hybrid.artifacts import WEIGHTS
-
-    directory = ctx.run_dir / name
-    shutil.rmtree(directory, ignore_errors=True)
-    shutil.copytree(checkpoint, directory)
+    data = ctx.dataset()
+    directory = adopt_checkpoint(checkpoint, ctx.run_dir / name)
     model, meta = load_model(directory)
-    block = _measure_model(ctx, model, directory=directory, file_bytes=(directory / WEIGHTS).stat().st_size)
-    return directory, meta, block
+    report = measure_model(model, directory, data.test, num_classes=ctx.config.data.num_classes,
+                           eval_batch_size=ctx.config.train.eval_batch_size,
+                           file_bytes=(directory / WEIGHTS).stat().st_size)
+    return directory, report, meta
 
 
 def _stage_tune(ctx: _Run) -> dict[str, Any]:
+    from hybrid.artifacts import update_metadata
     from hybrid.tune import tune
 
-    config, data = ctx.config, ctx.data
-    result = tune(config, {"train": data.train, "val": data.val}, train_rows=data.counts["train"],
-                  metadata=_metadata(ctx), echo=ctx.echo)
-    teacher_dir, meta, block = _adopt_checkpoint(ctx, result.best_checkpoint, "teacher")
-    update_metadata(teacher_dir, test_metrics=block["test"], test_confusion_matrix=block["test_confusion_matrix"],
+    data = ctx.dataset()
+    result = tune(ctx.config, {"train": data.train, "val": data.val}, train_rows=data.counts["train"],
+                  metadata=_metadata(data), run_dir=ctx.run_dir.resolve(),
+                  fingerprint=ctx.fingerprints["tune"].digest, echo=ctx.echo)
+    teacher_dir, report, meta = _adopt(ctx, result.best_checkpoint, "teacher")
+    update_metadata(teacher_dir, test_metrics=report.test, test_confusion_matrix=report.test_confusion_matrix,
                     trial_id=result.best.trial_id, params=result.best.params)
-    block.update(path=str(teacher_dir), family=meta["family"], config=meta["config"],
-                 val={k.removeprefix("val_"): v for k, v in result.best.best.items() if k.startswith("val_")})
+    block = {**report.block(), "path": str(teacher_dir), "family": meta["family"], "config": meta["config"],
+             "val": {k.removeprefix("val_"): v for k, v in result.best.best.items() if k.startswith("val_")}}
     ctx.echo(f"[tune] teacher test {headline(block['test'])}")
     return {
         "tune": result.summary(),
@@ -247,134 +294,46 @@ def _stage_tune(ctx: _Run) -> dict[str, Any]:
 
 
 def _stage_distill(ctx: _Run) -> dict[str, Any]:
-    import dataclasses
+    from hybrid.artifacts import update_metadata
+    from hybrid.distill import distill
 
-    import ray
-
-    from hybrid._dataclass_io import to_dict
-    from hybrid.artifacts import read_metadata
-    from hybrid.distill import add_teacher_logits, student_config
-    from hybrid.models import get_family
-    from hybrid.train import LoopSpec, build_trainer, checkpoint_dir
-
-    config, data = ctx.config, ctx.data
-    teacher_dir = ctx.run_dir / "teacher"
-    teacher = read_metadata(teacher_dir)
-    family = teacher["family"]
-    student = student_config(family, teacher["config"], config.distill.student,
-                             width_multiplier=config.distill.width_multiplier, teacher_dir=teacher_dir)
-    train_cfg = dataclasses.replace(
-        config.train, **{k.split(".", 1)[1]: v for k, v in teacher.get("params", {}).items() if k.startswith("train.")}
-    )
-    if config.distill.max_epochs is not None:
-        train_cfg = dataclasses.replace(train_cfg, max_epochs=config.distill.max_epochs)
-    # One student, nothing beside it: give its workers every free CPU rather than a trial's share.
-    free = int(ray.available_resources().get("CPU", 0)) // train_cfg.num_workers
-    train_cfg = dataclasses.replace(train_cfg, cpus_per_worker=max(train_cfg.cpus_per_worker, free))
-    t0 = time.perf_counter()
-    train = add_teacher_logits(data.train, teacher_dir, input_columns=get_family(family).input_columns,
-                               batch_size=config.train.eval_batch_size,
-                               num_cpus=max(1, int(ray.available_resources().get("CPU", 1))))
-    logits_s = time.perf_counter() - t0
-    changed = {k: v for k, v in to_dict(student).items() if teacher["config"].get(k) != v}
-    ctx.echo(f"[distill] teacher logits for {data.counts['train']} rows in {logits_s:.1f} s; training the student "
-             f"({', '.join(f'{k}={v}' for k, v in changed.items())}) for {train_cfg.max_epochs} epochs")
-    spec = LoopSpec(
-        model_name=family, model=to_dict(student), train=to_dict(train_cfg), num_classes=config.data.num_classes,
-        train_rows=data.counts["train"], metadata=_metadata(ctx),
-        distill={"alpha": config.distill.alpha, "temperature": config.distill.temperature},
-    )
-    result = build_trainer(spec, {"train": train, "val": data.val}, storage_path=ctx.run_dir / "train",
-                           name="student", metric=config.tune.metric, mode=config.tune.mode).fit()
-    if result.error is not None:
-        raise result.error
-    best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
-    student_dir, meta, block = _adopt_checkpoint(ctx, checkpoint_dir(best), "student")
-    update_metadata(student_dir, test_metrics=block["test"], distill=to_dict(config.distill))
-    block.update(path=str(student_dir), family=family, config=meta["config"], val=meta["val_metrics"])
+    data = ctx.dataset()
+    # One Ray Train storage per attempt: the same inputs resume a killed attempt, other inputs start
+    # afresh, and no earlier attempt's better checkpoint can win.
+    attempt = f"student-{ctx.fingerprints['distill'].digest[:12]}"
+    storage = ctx.run_dir.resolve() / "train"
+    if storage.is_dir():
+        for old in storage.iterdir():
+            if old.name != attempt:
+                shutil.rmtree(old, ignore_errors=True)
+    result = distill(ctx.run_dir / "teacher", {"train": data.train, "val": data.val}, config=ctx.config,
+                     train_rows=data.counts["train"], metadata=_metadata(data), storage_dir=storage / attempt,
+                     echo=ctx.echo)
+    student_dir, report, meta = _adopt(ctx, result.checkpoint, "student")
+    update_metadata(student_dir, test_metrics=report.test, distill=_plain(ctx.config.distill))
+    block = {**report.block(), "path": str(student_dir), "family": meta["family"], "config": meta["config"],
+             "val": meta["val_metrics"]}
     ctx.echo(f"[distill] student test {headline(block['test'])}")
-    return {"models": {"student": block}, "distill": {"teacher_logits_s": logits_s, "train": to_dict(train_cfg),
-                                                       "student_config": meta["config"]}}
+    return {"models": {"student": block}, "distill": result.summary()}
 
 
 def _stage_quantize(ctx: _Run) -> dict[str, Any]:
-    from hybrid.artifacts import model_collate
-    from hybrid.models import get_family
-    from hybrid.quantize import quantize, save_quantized
-    from hybrid.train import evaluate
+    from hybrid.quantize import quantize_student
 
-    config, data = ctx.config, ctx.data
-    student_dir, teacher_dir = ctx.run_dir / "student", ctx.run_dir / "teacher"
-    model, meta = load_model(student_dir)
-    teacher, _ = load_model(teacher_dir)
-    family = meta["family"]
-    # The gate's reference: the teacher's accuracy on the validation split, measured here as the int8 will be.
-    reference = evaluate(teacher, data.val, model_name=family, num_classes=config.data.num_classes,
-                         collate=model_collate(teacher_dir)).metrics["accuracy"]
-    columns = get_family(family).input_columns
-    collate = model_collate(student_dir, meta)
-    result = quantize(
-        model, data.train.iter_torch_batches(batch_size=256, collate_fn=collate), config.quantize,
-        eval_batches=data.val.iter_torch_batches(batch_size=1024, collate_fn=collate), reference_accuracy=reference,
-        input_columns=columns,
+    data = ctx.dataset()
+    config = ctx.config
+    result = quantize_student(
+        ctx.run_dir / "student", ctx.run_dir / "teacher", {"train": data.train, "val": data.val, "test": data.test},
+        config=config.quantize, num_classes=config.data.num_classes, eval_batch_size=config.train.eval_batch_size,
+        out_dir=ctx.run_dir / "student_int8", echo=ctx.echo,
     )
-    out = {"quantize": result.summary()}
-    int8_dir = ctx.run_dir / "student_int8"
-    shutil.rmtree(int8_dir, ignore_errors=True)
-    int8_dir.mkdir(parents=True)
-    for asset in student_dir.iterdir():  # files beside the weights (a tokenizer) travel with the int8 model
-        if asset.is_dir():
-            shutil.copytree(asset, int8_dir / asset.name)
-    save_quantized(int8_dir, result.model, family=family, config=meta["config"], **_shipped_metadata(student_dir))
-    block = _measure_model(ctx, result.model, directory=int8_dir, file_bytes=result.model.size_bytes)
-    block.update(path=str(int8_dir), family=family, backend=result.backend, passed_gate=result.passed_gate,
-                 val={"accuracy": result.candidates[result.backend].accuracy})
-    out["models"] = {"student_int8": block}
-    out["quantize"]["vs_teacher"] = _side_by_side(
-        ctx, {"teacher": teacher, "student": model, "student_int8": result.model}, collate, columns,
-        sizes={"teacher": (teacher_dir / "model.safetensors").stat().st_size,
-               "student": (student_dir / "model.safetensors").stat().st_size,
-               "student_int8": result.model.size_bytes},
-    )
-    verdict = "passed" if result.passed_gate else "FAILED: the float student will be shipped instead"
-    ctx.echo(
-        f"[quantize] {result.backend} int8: val accuracy {result.candidates[result.backend].accuracy:.4f} vs teacher "
-        f"{reference:.4f} (gate: >= {config.quantize.threshold(reference):.4f}) {verdict}; "
-        f"{result.speedup:.1f}x faster, {result.size_ratio:.1f}x smaller than the float student"
-    )
-    versus = out["quantize"]["vs_teacher"]
-    ctx.echo(f"[quantize] side by side at batch {LATENCY_BATCH} (ms/sample): " + ", ".join(
-        f"{name} {versus['latency_ms_per_sample'][name]:.3f}" for name in versus["latency_ms_per_sample"])
-        + f"; int8 student vs teacher: {versus['speedup']['student_int8']:.1f}x faster, "
-        f"{versus['size_ratio']['student_int8']:.1f}x smaller")
-    return out
+    return {"quantize": result.summary(), "models": {"student_int8": result.model_block()}}
 
 
-def _side_by_side(
-    ctx: _Run, models: dict[str, Any], collate: Any, columns: Sequence[str], *, sizes: dict[str, int], rounds: int = 3
-) -> dict[str, Any]:
-    """Latency of ``models`` on the same validation rows, timed round robin (best of ``rounds``), so that
-    the ratios are not skewed by the machine's load changing between stages; sizes and ratios to the teacher."""
-    import torch
+def _plain(obj: Any) -> Any:
+    from hybrid._dataclass_io import to_dict
 
-    from hybrid.models import batch_inputs
-    from hybrid.quantize import latency_ms_per_sample
-
-    sample = ctx.data.val.take_batch(LATENCY_BATCH, batch_format="numpy")
-    inputs = batch_inputs(sample, columns, collate)
-    best = dict.fromkeys(models, float("inf"))
-    for _ in range(rounds):
-        for name, model in models.items():
-            with torch.no_grad():
-                ms = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, repeats=2,
-                                           threads=os.cpu_count() or 1)
-            best[name] = min(best[name], ms)
-    return {
-        "latency_ms_per_sample": best,
-        "size_bytes": sizes,
-        "speedup": {name: best["teacher"] / ms for name, ms in best.items()},
-        "size_ratio": {name: sizes["teacher"] / size for name, size in sizes.items()},
-    }
+    return to_dict(obj)
 
 
 def shipped_model(run_dir: Path, config: Config, results: dict[str, dict[str, Any]]) -> tuple[str, Path]:
@@ -387,11 +346,11 @@ def shipped_model(run_dir: Path, config: Config, results: dict[str, dict[str, An
 
 
 def _stage_score(ctx: _Run) -> dict[str, Any]:
+    from hybrid.ingest import TEST_TABLE
     from hybrid.score import score_to_parquet
 
     config = ctx.config
     name, model_dir = shipped_model(ctx.run_dir, config, ctx.results)
-    from hybrid.ingest import TEST_TABLE
 
     if config.data.modality == "text":
         source = ctx.run_dir / "data" / TEST_TABLE
@@ -418,6 +377,7 @@ def _summary(ctx: _Run, peak_rss: int) -> dict[str, Any]:
     results = ctx.results
     summary: dict[str, Any] = {"name": ctx.config.name, "models": {}}
     summary["data"] = results.get("ingest", {}).get("data")
+    summary["stages"] = {stage: ctx.fingerprints[stage].digest[:12] for stage in results if stage in ctx.fingerprints}
     for stage in STAGES:
         block = results.get(stage, {})
         for key, value in block.items():

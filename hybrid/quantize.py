@@ -530,3 +530,91 @@ def _example_from_specs(specs: Sequence[InputSpec]) -> tuple[torch.Tensor, ...]:
 
 def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+# --- the quantize stage ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StudentInt8:
+    """What the quantize stage produced: the int8 student, its gate and how it compares to the teacher."""
+
+    result: QuantizeResult
+    directory: Path
+    """The int8 model directory (``run_dir/student_int8``)."""
+    report: Any
+    """Its :class:`~hybrid.measure.ModelReport` on the test split."""
+    vs_teacher: dict[str, Any]
+    """Latency and size of teacher, student and int8 student, timed side by side, and ratios to the teacher."""
+
+    def summary(self) -> dict[str, Any]:
+        """The ``quantize`` block of ``summary.json``."""
+        return {**self.result.summary(), "vs_teacher": self.vs_teacher}
+
+    def model_block(self) -> dict[str, Any]:
+        """The ``models.student_int8`` block of ``summary.json``."""
+        meta = json.loads((self.directory / META).read_text())
+        return {**self.report.block(), "path": str(self.directory), "family": meta["family"],
+                "backend": self.result.backend, "passed_gate": self.result.passed_gate,
+                "val": {"accuracy": self.result.candidates[self.result.backend].accuracy}}
+
+
+def quantize_student(
+    student_dir: Path,
+    teacher_dir: Path,
+    datasets: Mapping[str, Any],
+    *,
+    config: QuantizeConfig,
+    num_classes: int,
+    eval_batch_size: int,
+    out_dir: Path,
+    echo: Callable[[str], None] = print,
+) -> StudentInt8:
+    """Quantize the float student in ``student_dir`` to int8 in ``out_dir``, gated against the teacher.
+
+    The gate's reference is the teacher's accuracy on the validation split, measured here as the int8
+    model is. ``out_dir`` is written whole or not at all.
+    """
+    import shutil
+
+    from hybrid import _atomic
+    from hybrid.artifacts import load_model, model_collate, read_metadata
+    from hybrid.measure import measure_model, side_by_side
+    from hybrid.models import get_family
+    from hybrid.train import evaluate
+
+    model, meta = load_model(student_dir)
+    teacher, _ = load_model(teacher_dir)
+    family = meta["family"]
+    reference = evaluate(teacher, datasets["val"], model_name=family, num_classes=num_classes,
+                         collate=model_collate(teacher_dir)).metrics["accuracy"]
+    columns = get_family(family).input_columns
+    collate = model_collate(student_dir, meta)
+    result = quantize(
+        model, datasets["train"].iter_torch_batches(batch_size=256, collate_fn=collate), config,
+        eval_batches=datasets["val"].iter_torch_batches(batch_size=1024, collate_fn=collate),
+        reference_accuracy=reference, input_columns=columns,
+    )
+    shipped = {k: v for k, v in read_metadata(student_dir).items() if k in ("normalizer", "label_names", "max_seq_length")}
+    with _atomic.replace_dir(out_dir) as tmp:
+        for asset in student_dir.iterdir():  # files beside the weights (a tokenizer) travel with the int8 model
+            if asset.is_dir():
+                shutil.copytree(asset, tmp / asset.name)
+        save_quantized(tmp, result.model, family=family, config=meta["config"], **shipped)
+    report = measure_model(result.model, out_dir, datasets["test"], num_classes=num_classes,
+                           eval_batch_size=eval_batch_size, file_bytes=result.model.size_bytes)
+    versus = side_by_side(
+        {"teacher": teacher, "student": model, "student_int8": result.model}, datasets["val"], collate=collate,
+        columns=columns, sizes={"teacher": (teacher_dir / WEIGHTS).stat().st_size,
+                                "student": (student_dir / WEIGHTS).stat().st_size,
+                                "student_int8": result.model.size_bytes},
+    )
+    verdict = "passed" if result.passed_gate else "FAILED: the float student will be shipped instead"
+    echo(f"[quantize] {result.backend} int8: val accuracy {result.candidates[result.backend].accuracy:.4f} vs teacher "
+         f"{reference:.4f} (gate: >= {config.threshold(reference):.4f}) {verdict}; "
+         f"{result.speedup:.1f}x faster, {result.size_ratio:.1f}x smaller than the float student")
+    echo("[quantize] side by side (ms/sample): " + ", ".join(
+        f"{name} {ms:.3f}" for name, ms in versus["latency_ms_per_sample"].items())
+        + f"; int8 student vs teacher: {versus['speedup']['student_int8']:.1f}x faster, "
+        f"{versus['size_ratio']['student_int8']:.1f}x smaller")
+    return StudentInt8(result=result, directory=out_dir, report=report, vs_teacher=versus)

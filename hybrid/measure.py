@@ -1,0 +1,127 @@
+"""Measure a saved model as it will be shipped: test metrics, file size and latency, side by side.
+
+Shared by the tune, distill and quantize stages, so that every model in ``summary.json`` is measured
+the same way (same rows, batch size and threads).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hybrid import _atomic
+
+if TYPE_CHECKING:
+    import ray.data
+
+LATENCY_BATCH = 256
+"""Rows per timed forward pass."""
+MODEL_FILES = ("model.safetensors", "model.json", "manifest.json")
+"""Files of a float model directory besides its sub-directories (a tokenizer); training state is not shipped."""
+
+
+@dataclass
+class ModelReport:
+    """One model measured on the test split."""
+
+    test: dict[str, float]
+    """Test metrics (accuracy and macro metrics, or exact match and F1)."""
+    test_confusion_matrix: list[list[int]]
+    size_bytes: int
+    """Size of the model file (safetensors weights, or the int8 ONNX/torch.export file)."""
+    latency_ms_per_sample: float
+    """At :data:`LATENCY_BATCH` rows, all of this machine's cores."""
+
+    def block(self) -> dict[str, Any]:
+        """The model's block in ``summary.json`` (more fields are added by the stage)."""
+        return {"test": self.test, "test_confusion_matrix": self.test_confusion_matrix, "size_bytes": self.size_bytes,
+                "latency_ms_per_sample": self.latency_ms_per_sample}
+
+
+def measure_model(
+    model: Any, directory: Path, test: ray.data.Dataset, *, num_classes: int, eval_batch_size: int, file_bytes: int
+) -> ModelReport:
+    """Test metrics, size and latency of the float or int8 ``model`` saved in ``directory``."""
+    import json
+
+    import torch
+
+    from hybrid.artifacts import model_collate
+    from hybrid.models import batch_inputs, get_family
+    from hybrid.quantize import latency_ms_per_sample
+    from hybrid.train import evaluate
+
+    meta = json.loads((directory / "model.json").read_text())
+    family, collate = meta["family"], model_collate(directory, meta)
+    result = evaluate(model, test, model_name=family, num_classes=num_classes, batch_size=eval_batch_size,
+                      collate=collate, max_answer_length=int(meta["config"].get("max_answer_length", 30)))
+    sample = test.take_batch(LATENCY_BATCH, batch_format="numpy")
+    inputs = batch_inputs(sample, get_family(family).input_columns, collate)
+    with torch.no_grad():
+        latency = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, threads=os.cpu_count() or 1)
+    return ModelReport(test=result.metrics, test_confusion_matrix=result.confusion_matrix, size_bytes=file_bytes,
+                       latency_ms_per_sample=latency)
+
+
+def adopt_checkpoint(checkpoint: Path, directory: Path) -> Path:
+    """Copy the model of a training checkpoint to ``directory``, atomically: all of it or none.
+
+    Only the model travels (weights, ``model.json``, manifest and asset sub-directories such as a
+    tokenizer), not the optimiser state a checkpoint holds for resuming.
+
+    Raises:
+        TrainingError: If the checkpoint directory does not exist.
+    """
+    from hybrid.errors import TrainingError
+
+    if not (checkpoint / "model.json").is_file():
+        raise TrainingError(f"checkpoint {checkpoint} does not exist (or holds no model.json); it cannot be adopted")
+    from hybrid.artifacts import MANIFEST, ArtifactError, write_manifest
+
+    recorded = _atomic.read_json(checkpoint / MANIFEST, what="checkpoint manifest")
+    recorded = recorded.get("files", {}) if isinstance(recorded, dict) else {}
+    with _atomic.replace_dir(directory) as tmp:
+        for entry in checkpoint.iterdir():
+            if entry.is_dir():
+                shutil.copytree(entry, tmp / entry.name)
+            elif entry.name in MODEL_FILES and entry.name != MANIFEST:
+                shutil.copy2(entry, tmp / entry.name)
+        copied = write_manifest(tmp)
+        altered = sorted(name for name, digest in copied.items() if recorded.get(name) != digest)
+        if altered:
+            raise ArtifactError(f"checkpoint {checkpoint}: {altered} do not match its manifest; not adopted")
+    return directory
+
+
+def side_by_side(
+    models: Mapping[str, Any], val: ray.data.Dataset, *, collate: Any, columns: Sequence[str],
+    sizes: Mapping[str, int], rounds: int = 3,
+) -> dict[str, Any]:
+    """Latency of ``models`` on the same validation rows, timed round robin (best of ``rounds``), so that
+    the ratios are not skewed by the machine's load changing between stages; sizes and ratios to the
+    first model (the teacher)."""
+    import torch
+
+    from hybrid.models import batch_inputs
+    from hybrid.quantize import latency_ms_per_sample
+
+    sample = val.take_batch(LATENCY_BATCH, batch_format="numpy")
+    inputs = batch_inputs(sample, columns, collate)
+    best = dict.fromkeys(models, float("inf"))
+    for _ in range(rounds):
+        for name, model in models.items():
+            with torch.no_grad():
+                ms = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, repeats=2,
+                                           threads=os.cpu_count() or 1)
+            best[name] = min(best[name], ms)
+    reference = next(iter(models))
+    return {
+        "latency_ms_per_sample": best,
+        "size_bytes": dict(sizes),
+        "speedup": {name: best[reference] / ms for name, ms in best.items()},
+        "size_ratio": {name: sizes[reference] / size for name, size in sizes.items()},
+    }
