@@ -30,6 +30,7 @@ The run directory holds::
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -79,7 +80,8 @@ class _Run:
 
     config: Config
     run_dir: Path
-    runtime: Runtime
+    runtime: Runtime | None
+    """None when no stage runs (nothing is started)."""
     echo: Echo
     timer: StageTimer
     store: StageStore
@@ -94,6 +96,8 @@ class _Run:
         return self.data
 
     def spark(self) -> Any:
+        if self.runtime is None:
+            raise RuntimeError("Spark was asked for in a run with no stage to run")  # a wiring bug
         with self.timer("spark_start"):
             return self.runtime.start_spark(app_name=f"hybrid-{self.config.name}")
 
@@ -183,11 +187,15 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
         echo(f"[run] {stage}: to run ({'; '.join(reasons)})")
     timer = StageTimer()
     started = time.perf_counter()
-    with PeakRSS() as memory, running(config.runtime, with_spark=False) as runtime:
+    # Nothing to run: no Ray, no Spark, just the summary and report from the records.
+    runtime_ctx = running(config.runtime, with_spark=False) if pending else contextlib.nullcontext(None)
+    with PeakRSS() as memory, runtime_ctx as runtime:
         ctx = _Run(config=config, run_dir=run_dir, runtime=runtime, echo=echo, timer=timer, store=store,
                    fingerprints=fingerprints, results=dict(kept))
-        echo(f"[run] Ray {runtime.cluster_resources().get('CPU', 0):.0f} CPUs; stages to run: "
-             f"{', '.join(pending) or 'none'}")
+        if runtime is not None:
+            echo(f"[run] Ray {runtime.cluster_resources().get('CPU', 0):.0f} CPUs; stages to run: {', '.join(pending)}")
+        else:
+            echo("[run] stages to run: none")
         if _NEEDS_DATA & set(pending):
             _ingest(ctx)
         for stage in STAGES:
@@ -196,6 +204,7 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
             if stage == "tune" and restart:
                 shutil.rmtree(run_dir / "tune", ignore_errors=True)  # a fresh search, not a resumed one
             ctx.begin(stage)
+            echo(f"[run] {stage}: started")
             with timer(stage):
                 result = _STAGE_FUNCS[stage](ctx)
             ctx.commit(stage, {**result, "duration_s": timer.durations_s[stage]})
@@ -233,6 +242,7 @@ def _ingest(ctx: _Run) -> None:
     # Ingest is deterministic: running it again (to rebuild the in-memory Ray datasets) changes no
     # later stage's input unless its fingerprint changed, and then theirs changed too.
     ctx.store.path("ingest").unlink(missing_ok=True)
+    ctx.echo("[run] ingest: started")
     with ctx.timer("ingest"):
         tokenizer_dir = getattr(ctx.config.model, "pretrained_dir", None)
         data = ingest(spark, ctx.config.data, run_dir=ctx.run_dir, tokenizer_dir=tokenizer_dir)
@@ -241,7 +251,7 @@ def _ingest(ctx: _Run) -> None:
         f"[ingest] {data.rows_in} rows in; train {data.counts['train']}, val {data.counts['val']}, "
         f"test {data.counts['test']}; quarantined {sum(bad.values())} {bad or ''}".rstrip()
     )
-    if ctx.config.runtime.release_spark_for_training:
+    if ctx.config.runtime.release_spark_for_training and ctx.runtime is not None:
         ctx.runtime.stop_spark()
     ctx.data = data
     ctx.commit("ingest", {"data": data.summary(), "durations_s": data.durations_s,
