@@ -86,6 +86,8 @@ class _Run:
     timer: StageTimer
     store: StageStore
     fingerprints: dict[str, Fingerprint]
+    restart: bool = False
+    """``--restart``: redo, never resume, what runs."""
     data: IngestResult | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -191,7 +193,7 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
     runtime_ctx = running(config.runtime, with_spark=False) if pending else contextlib.nullcontext(None)
     with PeakRSS() as memory, runtime_ctx as runtime:
         ctx = _Run(config=config, run_dir=run_dir, runtime=runtime, echo=echo, timer=timer, store=store,
-                   fingerprints=fingerprints, results=dict(kept))
+                   fingerprints=fingerprints, restart=restart, results=dict(kept))
         if runtime is not None:
             echo(f"[run] Ray {runtime.cluster_resources().get('CPU', 0):.0f} CPUs; stages to run: {', '.join(pending)}")
         else:
@@ -314,7 +316,7 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
     storage = ctx.run_dir.resolve() / "train"
     if storage.is_dir():
         for old in storage.iterdir():
-            if old.name != attempt:
+            if old.name != attempt or ctx.restart:
                 shutil.rmtree(old, ignore_errors=True)
     result = distill(ctx.run_dir / "teacher", {"train": data.train, "val": data.val}, config=ctx.config,
                      train_rows=data.counts["train"], metadata=_metadata(data), storage_dir=storage / attempt,
