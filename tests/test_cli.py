@@ -89,6 +89,17 @@ def test_run_on_a_slice_of_fashion_mnist_goes_from_spark_to_scored_parquet(tmp_p
     assert "already done" in again.stdout and "stages to run: none" in again.stdout
     assert json.loads((run / "summary.json").read_text())["models"] == summary["models"]
 
+    # a changed setting redoes exactly the stages that read it, and says why
+    teacher_bytes = (run / "teacher" / "model.safetensors").read_bytes()
+    changed = run_cli("run", str(CONFIG), *args, "--set", "score.batch_size=64")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "[run] score: to run (score.batch_size 256 -> 64)" in changed.stdout
+    assert "already done and current" in changed.stdout and "tune, distill, quantize" in changed.stdout
+    for stage in ("tune", "distill", "quantize"):
+        assert f"[run] {stage}: started" not in changed.stdout
+    assert (run / "teacher" / "model.safetensors").read_bytes() == teacher_bytes
+    assert json.loads((run / "stages" / "score.json").read_text())["inputs"]["score.batch_size"] == 64
+
 
 SENTIMENT = ROOT / "configs" / "sentiment.yaml"
 QA = ROOT / "configs" / "qa_fixture.yaml"
