@@ -7,6 +7,7 @@ use the same strict loading without importing the pipeline's configs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,6 +19,24 @@ from hybrid.errors import ConfigError, did_you_mean
 T = TypeVar("T")
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_SHOWN_CHARS = 80
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` cut to one short line, for error messages (a 10,000-item list must not flood them)."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS - 5]}...{text[-2:]}"
+
+
+def _finite(value: int | float | str, key: str) -> float:
+    """``float(value)``, or :class:`ConfigError` for inf, nan and ints too large for a float."""
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise ConfigError(f"{key} must be a finite number, but got {show(value)}")
+    return out
 
 
 def check_type(value: Any, hint: Any, key: str) -> Any:
@@ -27,7 +46,7 @@ def check_type(value: Any, hint: Any, key: str) -> Any:
         allowed = get_args(hint)
         if value not in allowed:
             raise ConfigError(
-                f"{key} must be one of {list(allowed)}, but got {value!r}"
+                f"{key} must be one of {list(allowed)}, but got {show(value)}"
                 f"{did_you_mean(str(value), [str(a) for a in allowed])}"
             )
         return value
@@ -43,40 +62,44 @@ def check_type(value: Any, hint: Any, key: str) -> Any:
                 return check_type(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key} has an invalid value {value!r}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key} has an invalid value {show(value)}")
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, but got {value!r}")
+            raise ConfigError(f"{key} must be a list, but got {show(value)}")
         (item,) = {a for a in get_args(hint) if a is not Ellipsis}
         return tuple(check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, but got {value!r}")
+            raise ConfigError(f"{key} must be true or false, but got {show(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, but got {value!r}")
+            raise ConfigError(f"{key} must be an integer, but got {show(value)}")
         return value
     if hint is float:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
             # PyYAML follows YAML 1.1, which reads ``1e-3`` (no dot) as a string; users mean a number.
-            return float(value)
+            return _finite(value, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, but got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key} must be a number, but got {show(value)}")
+        # inf passes one-sided rules such as ``lr > 0`` and nan any field without a rule; both would fail in a stage.
+        return _finite(value, key)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, but got {value!r}")
+            raise ConfigError(f"{key} must be a string, but got {show(value)}")
+        if "\x00" in value:
+            # Paths with a NUL byte make every file call raise ValueError deep in the run.
+            raise ConfigError(f"{key} must not contain a NUL character, but got {show(value)}")
         return value
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping, but got {value!r}")
+            raise ConfigError(f"{key} must be a mapping, but got {show(value)}")
         return dict(value)
     if dataclasses.is_dataclass(hint):
         if dataclasses.is_dataclass(value):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping, but got {value!r}")
+            raise ConfigError(f"{key} must be a mapping, but got {show(value)}")
         return from_dict(hint, value, prefix=key)
     return value
 
@@ -93,7 +116,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
         ConfigError: On an unknown key, a wrongly typed value, or a failed ``__post_init__`` check.
     """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, but got {data!r}")
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, but got {show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}

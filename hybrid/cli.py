@@ -11,34 +11,84 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from hybrid.errors import HybridError
+from hybrid.errors import ConfigError, HybridError
 
 
 def _stages(*stages: str) -> Callable[[argparse.Namespace], Any]:
     def handler(args: argparse.Namespace) -> Any:
-        from hybrid.config import load_config
+        from hybrid.config import check_before_start, load_config
+
+        config = load_config(args.config, args.set)
+        check_before_start(config)  # before Ray, Spark or the run directory: a mistake costs seconds
         from hybrid.pipeline import run
 
-        return run(load_config(args.config, args.set), stages=stages, restart=args.restart or len(stages) == 1)
+        return run(config, stages=stages, restart=args.restart or len(stages) == 1)
 
     return handler
 
 
 def _score(args: argparse.Namespace) -> Any:
     from hybrid.config import load_config
+
+    config = load_config(args.config, args.set)
+    _check_score_paths(args.input, args.model, args.output, overwrite=args.overwrite)
     from hybrid.runtime import running
     from hybrid.score import score_to_parquet
 
-    config = load_config(args.config, args.set)
     with running(config.runtime) as runtime:
-        result = score_to_parquet(runtime.spark, args.input, args.model, args.output, batch_size=config.score.batch_size)
+        result = score_to_parquet(
+            runtime.spark, args.input, args.model, args.output, batch_size=config.score.batch_size,
+            mode="overwrite" if args.overwrite else "error",
+        )
     rejected = sum(result.rejected.values())
     accuracy = "" if result.accuracy is None else f"; accuracy {result.accuracy:.4f} (label column)"
     print(f"[score] {result.rows} rows ({result.scored} scored, {rejected} rejected {result.rejected if rejected else ''}) "
           f"-> {result.output_path} in {result.duration_s:.1f} s{accuracy}")
     return result
+
+
+def _is_local(path: str) -> bool:
+    """Whether Spark would read ``path`` from this machine's file system (not ``s3a://``, ``hdfs://``...)."""
+    return "://" not in path or path.startswith("file://")
+
+
+def _check_score_paths(input_path: str, model_dir: str, output_path: str, *, overwrite: bool) -> None:
+    """Fail before Ray and Spark start when ``hybrid score`` could only fail later.
+
+    Raises:
+        ConfigError: Naming the option, the rule and the path (remote ``scheme://`` tables are Spark's to check).
+    """
+    from hybrid.artifacts import MANIFEST, META
+
+    for option, path in (("--input", input_path), ("--model", model_dir), ("--output", output_path)):
+        if "\x00" in path:
+            raise ConfigError(f"{option} must not contain a NUL character, but got {path!r}")
+    local = {p: Path(p.removeprefix("file://")) for p in (input_path, output_path) if _is_local(p)}
+    if input_path in local and not local[input_path].exists():
+        raise ConfigError(f"--input: path {input_path!r} must exist (a Parquet file or directory), but it does not")
+    model = Path(model_dir)
+    if not model.is_dir():
+        raise ConfigError(
+            f"--model: {model_dir!r} must be a model directory (teacher/, student/...), but it does not exist"
+        )
+    missing = [name for name in (META, MANIFEST) if not (model / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"--model: {model_dir!r} must be a hybrid model directory, but it has no {' or '.join(missing)}"
+        )
+    if output_path in local:
+        out = local[output_path]
+        if out.exists() and not overwrite:
+            raise ConfigError(f"--output: path {output_path!r} must not exist already, but it does "
+                              "(pass --overwrite to replace it)")
+        if input_path in local and out.resolve() == local[input_path].resolve():
+            raise ConfigError(f"--output must differ from --input (Spark would delete the table it reads), "
+                              f"but both are {output_path!r}")
+        if (out / META).is_file() or out.resolve() == model.resolve():
+            raise ConfigError(f"--output: {output_path!r} must not be a model directory, but it is one")
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
@@ -74,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "score":
             cmd.add_argument("--model", required=True, help="model directory (teacher/, student/, student_int8/)")
             cmd.add_argument("--input", required=True, help="Parquet table with a pixels column")
-            cmd.add_argument("--output", required=True, help="where to write the scored Parquet table")
+            cmd.add_argument("--output", required=True,
+                             help="where to write the scored Parquet table (must not exist unless --overwrite)")
+            cmd.add_argument("--overwrite", action="store_true", help="replace --output if it already exists")
         else:
             cmd.add_argument("--restart", action="store_true", help="redo stages already finished in the run directory")
     return parser

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from hybrid._dataclass_io import from_dict, require, to_dict
+from hybrid._dataclass_io import check_type, from_dict, require, show, to_dict
+from hybrid._yaml import parse_yaml, read_yaml
 from hybrid.errors import ConfigError, did_you_mean
 from hybrid.distill import DistillConfig
 from hybrid.models import get_family, model_config
@@ -25,7 +26,13 @@ from hybrid.quantize import QuantizeConfig
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["constant", "step", "cosine", "onecycle"]
 Optimizer = Literal["sgd", "adamw"]
-TuneMetric = Literal["val_accuracy", "val_macro_f1", "val_loss", "val_f1", "val_exact_match"]
+TuneMetric = Literal[
+    "val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall", "val_loss", "val_f1", "val_exact_match"
+]
+"""Every metric some family reports; which of them a run may tune is the family's (``ModelFamily.metrics``)."""
+_MEMORY_SIZE = re.compile(r"[1-9]\d*[kmgt]b?", re.IGNORECASE)
+"""Spark and RayDP read a bare number differently (MiB and bytes): a unit is required."""
+_MAX_NAME_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,12 @@ class RuntimeConfig:
             self.spark_executor_cores >= 1,
             f"spark_executor_cores must be >= 1, but got {self.spark_executor_cores}",
         )
+        for key in ("spark_executor_memory", "spark_driver_memory"):
+            value = getattr(self, key)
+            require(
+                _MEMORY_SIZE.fullmatch(str(value)) is not None,
+                f"{key} must be a whole size with a unit (k, m, g or t), such as 512m or 2g, but got {show(value)}",
+            )
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,14 @@ class DataConfig:
         require(
             not self.label_names or len(self.label_names) == self.num_classes,
             f"label_names must have num_classes={self.num_classes} entries, but got {len(self.label_names)}",
+        )
+        require(
+            len(set(self.label_names)) == len(self.label_names),
+            f"label_names must be distinct (a name maps to one label), but got {list(self.label_names)}",
+        )
+        require(
+            self.modality != "text" or self.text_column != self.label_column,
+            f"label_column must differ from text_column, but both are {self.text_column!r}",
         )
         require(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), but got {self.val_fraction}")
         for key in ("max_train_rows", "max_test_rows"):
@@ -279,7 +300,11 @@ class Config:
     """Spark batch scoring."""
 
     def __post_init__(self) -> None:
-        require(bool(self.name) and "/" not in self.name, f"name must be a non-empty file name, but got {self.name!r}")
+        _check_name(self.name)
+        require(
+            isinstance(self.runs_dir, str) and bool(self.runs_dir),
+            f"runs_dir must be a non-empty path, but got {show(self.runs_dir)}",
+        )
         family = get_family(self.model_name)
         if self.model is None:
             object.__setattr__(self, "model", family.config_cls())
@@ -291,6 +316,26 @@ class Config:
             from hybrid.models.bert import check_spans
 
             check_spans(self.model)  # fails at load, and for every search-space edge value, not in a worker
+        require(
+            self.tune.metric in family.metrics,
+            f"tune.metric must be one of {list(family.metrics)} for model.name={self.model_name!r} "
+            f"({family.task}), but got {self.tune.metric!r}",
+        )
+        self.student_preview()  # a typo in distill.student fails now, not after the whole tune
+
+    def student_preview(self) -> Any:
+        """The model config with ``distill.student`` applied: the student's keys and values, checked.
+
+        The real student starts from the tuned teacher (narrowed by ``distill.width_multiplier``); this
+        preview starts from ``model``, which is enough to catch unknown keys and values out of range.
+
+        Raises:
+            ConfigError: Naming ``distill.student.<key>``, with a did-you-mean for an unknown key.
+        """
+        if not self.distill.student:
+            return self.model
+        family = get_family(self.model_name)
+        return from_dict(family.config_cls, {**to_dict(self.model), **self.distill.student}, prefix="distill.student")
 
     @property
     def run_dir(self) -> Path:
@@ -304,6 +349,23 @@ class Config:
         return out
 
 
+def _check_name(name: Any) -> None:
+    """``name`` becomes a directory under ``runs_dir``: it must be exactly one ordinary path component."""
+    safe = (
+        isinstance(name, str)
+        and 0 < len(name) <= _MAX_NAME_CHARS
+        and not name.startswith(".")  # '.', '..' and hidden directories
+        and "/" not in name
+        and "\\" not in name
+        and name.isprintable()  # no NUL, newline or other control characters
+    )
+    require(
+        safe,
+        f"name must be a non-empty file name (one path component of at most {_MAX_NAME_CHARS} characters: "
+        f"no '/' or '\\', no leading '.', no control characters), but got {show(name)}",
+    )
+
+
 _SECTIONS = {
     "runtime": RuntimeConfig,
     "data": DataConfig,
@@ -313,51 +375,73 @@ _SECTIONS = {
     "quantize": QuantizeConfig,
     "score": ScoreConfig,
 }
-_TOP_KEYS = {"name", "runs_dir", "model", *_SECTIONS}
+_SECTION_KEYS = {"model", *_SECTIONS}
+_TOP_KEYS = {"name", "runs_dir", *_SECTION_KEYS}
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> Config:
     """Build a :class:`Config` from the plain data of a YAML file.
 
+    A section given as ``null`` (``train:`` with nothing under it) takes its defaults.
+
     Raises:
         ConfigError: On unknown keys, wrong types or values out of range.
     """
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"a config must be a mapping of sections, but got {type(raw).__name__}")
+    raw = _sections(raw)
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(f"unknown config key '{key}'{did_you_mean(str(key), _TOP_KEYS)}")
-    model_raw = dict(raw.get("model") or {})
+    model_raw = {} if raw.get("model") is None else raw["model"]
+    if not isinstance(model_raw, Mapping):
+        raise ConfigError(f"model must be a mapping (name: <family> and its settings), but got {show(model_raw)}")
+    model_raw = dict(model_raw)
     model_name = model_raw.pop("name", "cnn")
     kwargs: dict[str, Any] = {
-        key: from_dict(cls, raw.get(key) or {}, prefix=key) for key, cls in _SECTIONS.items()
+        key: from_dict(cls, {} if raw.get(key) is None else raw[key], prefix=key) for key, cls in _SECTIONS.items()
     }
     for key in ("name", "runs_dir"):
         if key in raw:
-            if not isinstance(raw[key], str):
-                raise ConfigError(f"{key} must be a string, but got {raw[key]!r}")
-            kwargs[key] = raw[key]
+            kwargs[key] = check_type(raw[key], str, key)
     return Config(model_name=model_name, model=model_config(model_name, model_raw), **kwargs)
+
+
+def _sections(raw: Any) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"the config must be a mapping of sections ({', '.join(sorted(_TOP_KEYS))}), but got {show(raw)}"
+        )
+    return raw
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with ``key.sub=value`` overrides applied (values parsed as YAML).
 
     Raises:
-        ConfigError: If an override is not of the form ``key=value``.
+        ConfigError: If an override is not of the form ``key=value``, its value is not valid YAML, or it
+            would replace a whole section with nothing (``--set train=`` would drop every ``train`` key).
     """
     out = copy.deepcopy(dict(raw))
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set takes key=value (e.g. tune.num_samples=4), but got {item!r}")
-        set_dotted(out, key.strip(), yaml.safe_load(text) if text.strip() else None)
+        key = key.strip()
+        if not sep or not key or "" in (part.strip() for part in key.split(".")):
+            raise ConfigError(
+                f"--set takes key=value with a dotted key (e.g. tune.num_samples=4), but got {show(item)}"
+            )
+        value = parse_yaml(text, f"--set {key}: value {show(text)}") if text.strip() else None
+        if key in _SECTION_KEYS and (value is None or value == {}):
+            raise ConfigError(
+                f"--set {key}: a whole section cannot be set to {'null' if value is None else 'an empty mapping'} "
+                f"(that would drop every '{key}' setting of the file), but got {show(text)}; "
+                f"set its keys instead, e.g. --set {key}.<key>=<value>"
+            )
+        set_dotted(out, key, value)
     return out
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """Set ``tree['a']['b'] = value`` for ``key='a.b'``, creating sections as needed."""
-    *parents, leaf = key.split(".")
+    *parents, leaf = (part.strip() for part in key.split("."))
     node = tree
     for part in parents:
         child = node.get(part)
@@ -373,18 +457,15 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML run config, apply ``--set`` overrides and validate.
 
     Relative ``tune.search_space`` paths are resolved against the config file's directory, then
-    against the working directory.
+    against the working directory. An empty file gives the defaults.
 
     Raises:
-        ConfigError: On a missing file, invalid YAML, unknown keys or invalid values.
+        ConfigError: On a missing or unreadable file, text that is not UTF-8, invalid YAML (a key given twice
+            included), unknown keys or invalid values; always one line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    raw = read_yaml(path, "config file")
+    raw = {} if raw is None else _sections(raw)  # None: an empty file, all defaults
     config = config_from_dict(apply_overrides(raw, overrides))
     space = Path(config.tune.search_space)
     if not space.is_absolute() and not space.exists():
@@ -400,6 +481,73 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
             config, model=dataclasses.replace(config.model, pretrained_dir=str(Path(pretrained).resolve()))
         )
     return config
+
+
+def check_before_start(config: Config, *, need_search_space: bool = True) -> None:
+    """Every check of a run that needs neither data nor a cluster: the sections agree with each other and
+    with the model family, the input paths exist, the run directory can be made, and the search space fits.
+
+    The CLI calls this before Ray or Spark start, so that a mistake costs seconds, not an ingest.
+
+    Raises:
+        ConfigError: One line naming the key, the rule and the value.
+    """
+    check_agreement(config)
+    check_paths(config, need_search_space=need_search_space)
+    check_run_dir(config)
+    if need_search_space:
+        from hybrid.search_space import check_search_space, load_search_space  # that module imports this one
+
+        check_search_space(load_search_space(config.tune.search_space), config)
+
+
+def check_agreement(config: Config) -> None:
+    """Rules across sections: the data's modality is the model family's, and the model (and the student)
+    has the data's classes and image size.
+
+    Raises:
+        ConfigError: Naming the model key and the data key it must match.
+    """
+    family = get_family(config.model_name)
+    require(
+        config.data.modality == family.modality,
+        f"data.modality must be {family.modality!r} for model.name={config.model_name!r}, "
+        f"but got {config.data.modality!r}",
+    )
+    shared = []
+    if family.task == "classification":
+        shared.append("num_classes")  # labels beyond the head's classes crash the loss inside a worker
+    if family.modality == "images":
+        shared.append("image_size")  # rows of another size cannot be reshaped into the model's input
+    models = [("model", config.model)]
+    if config.distill.student:
+        models.append(("distill.student", config.student_preview()))
+    for prefix, arch in models:
+        for key in shared:
+            if hasattr(arch, key):
+                want, got = getattr(config.data, key), getattr(arch, key)
+                require(want == got, f"{prefix}.{key} must equal data.{key}={want}, but got {got}")
+
+
+def check_run_dir(config: Config) -> None:
+    """The run directory exists as a writable directory, or can be made under one.
+
+    Raises:
+        ConfigError: Naming ``runs_dir`` (or ``name``) and the path that is in the way.
+    """
+    run_dir = config.run_dir.absolute()
+    for path in (run_dir, *run_dir.parents):
+        if not path.exists():
+            continue
+        key = "name" if path == run_dir else "runs_dir"
+        if not path.is_dir():
+            raise ConfigError(
+                f"{key}: {str(path)!r} must be a directory to hold the run directory {str(config.run_dir)!r}, "
+                "but it is a file"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}: directory {str(path)!r} must be writable, but it is not")
+        return
 
 
 def check_paths(config: Config, *, need_search_space: bool = True) -> None:

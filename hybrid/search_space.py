@@ -28,6 +28,8 @@ from optuna.distributions import (
     json_to_distribution,
 )
 
+from hybrid._dataclass_io import show
+from hybrid._yaml import one_line, read_yaml
 from hybrid.config import Config, config_from_dict, set_dotted
 from hybrid.errors import ConfigError, did_you_mean
 
@@ -39,22 +41,25 @@ def load_search_space(path: str | Path) -> dict[str, BaseDistribution]:
     """Read a search-space YAML file into Optuna distributions.
 
     Raises:
-        ConfigError: If the file is missing, not a mapping, or an entry is not a valid distribution.
+        ConfigError: One line, if the file is missing, unreadable, not UTF-8, not valid YAML, not a mapping,
+            or an entry is not a valid distribution.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"tune.search_space: file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "tune.search_space: file")
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: a search space must be a non-empty mapping of config keys to distributions")
+        raise ConfigError(
+            f"tune.search_space: file {str(path)!r} must be a non-empty mapping of config keys to distributions, "
+            f"but got {show(raw)}"
+        )
     space = {}
     for key, entry in raw.items():
         try:
             space[str(key)] = json_to_distribution(json.dumps(entry))
         except Exception as err:  # optuna raises ValueError/KeyError/TypeError for malformed entries
             raise ConfigError(
-                f"{path}: '{key}' is not an Optuna distribution "
-                f"(expected {{name: FloatDistribution|IntDistribution|CategoricalDistribution, attributes: ...}}): {err}"
+                f"tune.search_space: '{key}' in {str(path)!r} must be an Optuna distribution "
+                f"({{name: FloatDistribution|IntDistribution|CategoricalDistribution, attributes: ...}}), "
+                f"but got {show(entry)}: {one_line(f'{type(err).__name__}: {err}')}"
             ) from None
     return space
 

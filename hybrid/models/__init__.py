@@ -24,6 +24,7 @@ register_model(
     collate=bert.text_collate,
     export_assets=bert.export_assets,
     localize=bert.localize,
+    modality="text",
 )
 register_model(
     "bert_qa",
@@ -34,6 +35,7 @@ register_model(
     export_assets=bert.export_assets,
     localize=bert.localize,
     task="spans",
+    modality="qa",
 )
 
 __all__ = [

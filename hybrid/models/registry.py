@@ -15,8 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybrid._dataclass_io import from_dict
+from hybrid._dataclass_io import from_dict, show
 from hybrid.errors import ConfigError, did_you_mean
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall", "val_loss"),
+    "spans": ("val_f1", "val_exact_match", "val_loss"),
+}
+"""Validation metrics the training loop reports for each task: what ``tune.metric`` may name."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,17 @@ class ModelFamily:
     task: str = "classification"
     """``classification`` (logits ``(batch, classes)``, accuracy and macro metrics) or ``spans`` (start and
     end logits ``(windows, seq_len, 2)``, exact match and F1 after span decoding)."""
+    modality: str = "images"
+    """What a row must hold for this family (``data.modality``): ``images``, ``text`` or ``qa``."""
+    metrics: tuple[str, ...] = ()
+    """Validation metrics the family reports, which ``tune.metric`` may name (empty: its task's, from
+    :data:`TASK_METRICS`)."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_METRICS:
+            raise ValueError(f"task must be one of {list(TASK_METRICS)}, but got {self.task!r}")
+        if not self.metrics:
+            object.__setattr__(self, "metrics", TASK_METRICS[self.task])
 
 
 _REGISTRY: dict[str, ModelFamily] = {}
@@ -56,11 +73,13 @@ def register_model(
     export_assets: Callable[[nn.Module, Any, Path], Any] | None = None,
     localize: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
     task: str = "classification",
+    modality: str = "images",
+    metrics: tuple[str, ...] = (),
 ) -> None:
     """Register a model family under ``name`` (re-registering the same name replaces it)."""
     _REGISTRY[name] = ModelFamily(
         name=name, config_cls=config_cls, build=build, input_columns=input_columns, collate=collate,
-        export_assets=export_assets, localize=localize, task=task,
+        export_assets=export_assets, localize=localize, task=task, modality=modality, metrics=metrics,
     )
 
 
@@ -92,12 +111,10 @@ def get_family(name: str) -> ModelFamily:
     Raises:
         ConfigError: If no family has that name.
     """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"model.name must be one of {list_models()}, but got {name!r}{did_you_mean(name, _REGISTRY)}"
-        ) from None
+    if not isinstance(name, str) or name not in _REGISTRY:
+        hint = did_you_mean(name, _REGISTRY) if isinstance(name, str) else ""
+        raise ConfigError(f"model.name must be one of {list_models()}, but got {show(name)}{hint}")
+    return _REGISTRY[name]
 
 
 def model_config(name: str, params: Mapping[str, Any]) -> Any:
