@@ -25,7 +25,7 @@ def _stages(*stages: str) -> Callable[[argparse.Namespace], Any]:
         check_before_start(config)  # before Ray, Spark or the run directory: a mistake costs seconds
         from hybrid.pipeline import run
 
-        return run(config, stages=stages, restart=args.restart or len(stages) == 1)
+        return run(config, stages=stages, restart=args.restart)
 
     return handler
 
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="where to write the scored Parquet table (must not exist unless --overwrite)")
             cmd.add_argument("--overwrite", action="store_true", help="replace --output if it already exists")
         else:
-            cmd.add_argument("--restart", action="store_true", help="redo stages already finished in the run directory")
+            cmd.add_argument("--restart", action="store_true", help="redo the stages even if their results are current (a fresh search, not a resumed one)")
     return parser
 
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from hybrid import _atomic
-from hybrid.config import Config, check_paths
+from hybrid.config import Config, check_before_start
 from hybrid.errors import HybridError
 from hybrid.fingerprint import Fingerprint, input_files, stage_fingerprints
 from hybrid.monitor import PeakRSS, StageTimer
@@ -160,7 +160,7 @@ def run(config: Config, *, stages: Sequence[Stage] = STAGES, restart: bool = Fal
         DataError: If the data cannot be used.
         TrainingError: If every trial failed.
     """
-    check_paths(config)
+    check_before_start(config)
     with locked(config.run_dir):
         return _run_locked(config, stages=stages, restart=restart, echo=echo)
 
