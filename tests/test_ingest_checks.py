@@ -96,11 +96,11 @@ def test_an_empty_held_out_test_split_names_test_fraction() -> None:
 
 
 def test_no_test_table_and_no_fraction_fails_naming_both_keys() -> None:
+    # Built inside the block: a check at config load would do as well (and better).
     for source, modality in (("parquet", "images"), ("csv", "text"), ("squad", "qa")):
-        config = DataConfig(source=source, modality=modality, path="/x")
         with pytest.raises(ConfigError, match=r"data.test_fraction > 0 must hold, but got 0.0: set data.test_fraction "
                                               r"\(e.g. 0.15\) or data.test_path"):
-            check_test_source(config)
+            check_test_source(DataConfig(source=source, modality=modality, path="/x"))
     with pytest.raises(ConfigError, match=r"set data.test_fraction \(e.g. 0.15\)$"):
         check_test_source(DataConfig(source="sentence_polarity", modality="text", path="/x"))
     check_test_source(DataConfig())  # Fashion-MNIST brings its test files
