@@ -292,14 +292,14 @@ def column(name: str) -> Column:
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def with_core_columns(df: DataFrame, core: dict[str, str]) -> DataFrame:
-    """``df`` with the user's ``core`` columns renamed to ingest's names (``{"review": "text"}``), first, and
+def with_core_columns(df: DataFrame, core: list[tuple[str, str]]) -> DataFrame:
+    """``df`` with the user's ``core`` columns copied to ingest's names (``[("review", "text")]``), first, and
     every other column kept for the quarantine table; another column whose name ingest uses (a core name,
     ``reason`` or ``table``) is kept as ``source_<name>``."""
-    taken = {*core.values(), REASON, TABLE}
+    users, taken = {user for user, _ in core}, {*(ours for _, ours in core), REASON, TABLE}
     return df.select(
-        *[column(user).alias(ours) for user, ours in core.items()],
-        *[column(c).alias(f"source_{c}" if c in taken else c) for c in df.columns if c not in core],
+        *[column(user).alias(ours) for user, ours in core],
+        *[column(c).alias(f"source_{c}" if c in taken else c) for c in df.columns if c not in users],
     )
 
 
@@ -429,7 +429,7 @@ def ingest_images(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> 
         if df is None:
             continue
         check_schema(df, table=name)
-        df = with_core_columns(df, {PIXELS: PIXELS, LABEL: LABEL})
+        df = with_core_columns(df, [(PIXELS, PIXELS), (LABEL, LABEL)])
         reason = reject_reason(df, num_pixels=num_pixels, num_classes=config.num_classes)
         tagged[name] = df.withColumn(REASON, reason).persist()
     rows_in, quarantined, quarantine_path = quarantine(tagged, REASONS, run_dir)

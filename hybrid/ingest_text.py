@@ -69,7 +69,7 @@ def _read_table(spark: SparkSession, config: DataConfig, path: str, *, key: str)
         if column not in df.columns:
             raise DataError(f"{name}: table {path!r} has no column {column!r}; its columns are {df.columns}")
     # The other columns ride along to the quarantine table, so a rejected row can be found again.
-    return with_core_columns(df, {config.text_column: TEXT, config.label_column: LABEL})
+    return with_core_columns(df, [(config.text_column, TEXT), (config.label_column, LABEL)])
 
 
 def read_text_tables(spark: SparkSession, config: DataConfig, *, work_dir: str | Path) -> TextTables:
