@@ -19,6 +19,8 @@ from pyspark.sql import types as T
 
 from hybrid.config import DataConfig
 from hybrid.errors import ConfigError, DataError
+from hybrid.ingest_checks import check_classes, check_splits, check_test_source
+from hybrid.ingest_checks import check_trainable as check_trainable  # re-exported: the pipeline's entry point
 from hybrid.sources import read_image_tables
 
 if TYPE_CHECKING:
@@ -26,7 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PIXELS, LABEL, REASON = "pixels", "label", "reason"
+PIXELS, LABEL, REASON, TABLE = "pixels", "label", "reason", "table"
+QUARANTINE_TABLE = "quarantine.parquet"
+"""Rejected rows of every table, with their ``reason`` and ``table``, under the run directory."""
 TEST_TABLE = "test.parquet"
 """Text runs: the held-out test split (``text``, ``label``), under ``<run_dir>/data/``."""
 REASONS = (
@@ -61,13 +65,18 @@ class Normalizer:
 @dataclass
 class IngestResult:
     """Three Ray datasets plus what ingest counted: rows of ``(pixels: float32[h*w], label: int32)`` for
-    images, ``(input_ids: list<int32>, label: int32)`` for text."""
+    images, ``(input_ids: list<int32>, label: int32)`` for text.
+
+    Nothing is lost on the way: ``rows_in == train + val + test + sum(quarantined)`` always holds (ingest
+    checks it); ``dropped`` rows were removed by a documented source rule before validation and are not
+    part of ``rows_in``.
+    """
 
     train: ray.data.Dataset
     val: ray.data.Dataset
     test: ray.data.Dataset
     rows_in: int
-    """Rows read, training and test tables together."""
+    """Rows that entered validation, training and test tables together."""
     quarantined: dict[str, int]
     """Rejected rows per rule (all tables); every rule is present, zero when clean."""
     counts: dict[str, int]
@@ -82,6 +91,10 @@ class IngestResult:
     """Rows a documented source rule removed before validation (e.g. neutral polarity ratings), by rule."""
     max_seq_length: int | None = None
     """Text only: tokens kept per row at tokenisation."""
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Classification: rows per class name per split, every class listed (``{"train": {"cat": 40, ...}, ...}``)."""
+    warnings: list[str] = field(default_factory=list)
+    """One line each: data that trains but misleads (see :func:`hybrid.ingest_checks.check_classes`)."""
 
     def summary(self) -> dict[str, Any]:
         """The ``data`` block of ``summary.json``."""
@@ -90,6 +103,8 @@ class IngestResult:
             "quarantined": dict(self.quarantined),
             "dropped": dict(self.dropped),
             **self.counts,
+            "class_counts": {split: dict(by_class) for split, by_class in self.class_counts.items()},
+            "warnings": list(self.warnings),
             "normalizer": self.normalizer.to_dict() if self.normalizer is not None else None,
             "label_names": list(self.label_names),
             "quarantine_path": self.quarantine_path,
@@ -214,8 +229,14 @@ def to_ray(df: DataFrame, *, num_blocks: int) -> ray.data.Dataset:
     return ds
 
 
-def quarantine(tagged: dict[str, DataFrame], reasons: tuple[str, ...], run_dir: Path) -> tuple[int, dict[str, int], str | None]:
+def quarantine(
+    tagged: dict[str, DataFrame], reasons: tuple[str, ...], run_dir: Path
+) -> tuple[int, dict[str, int], str | None]:
     """Count rows per rule and write the rejected ones (with ``reason`` and ``table``) to ``quarantine.parquet``.
+
+    Tables may differ in their other columns: the quarantine table has the union of them by name (null where
+    a table lacks one), and a column whose type differs between tables is written as text, so every rejected
+    row is kept whole. Without rejected rows a quarantine table left by an earlier run is removed.
 
     Returns:
         ``(rows read, rejected rows per rule, quarantine path or None)``.
@@ -227,25 +248,138 @@ def quarantine(tagged: dict[str, DataFrame], reasons: tuple[str, ...], run_dir: 
             rows_in += row["count"]
             if row[REASON] is not None:
                 quarantined[row[REASON]] += row["count"]
-    path = None
-    if sum(quarantined.values()):
-        path = str((run_dir / "quarantine.parquet").resolve())
-        bad = [df.where(F.col(REASON).isNotNull()).withColumn("table", F.lit(name)) for name, df in tagged.items()]
-        union = bad[0]
-        for other in bad[1:]:
-            union = union.unionByName(other)
-        union.write.mode("overwrite").parquet(path)
-        log.warning("quarantined %d rows to %s: %s", sum(quarantined.values()), path,
-                    {k: v for k, v in quarantined.items() if v})
+    target = run_dir / QUARANTINE_TABLE
+    if not sum(quarantined.values()):
+        remove_quarantine(run_dir)
+        return rows_in, quarantined, None
+    bad = [df.where(F.col(REASON).isNotNull()).withColumn(TABLE, F.lit(name)) for name, df in tagged.items()]
+    path = str(target.resolve())
+    union_by_name(bad).write.mode("overwrite").parquet(path)
+    log.warning("quarantined %d rows to %s: %s", sum(quarantined.values()), path,
+                {k: v for k, v in quarantined.items() if v})
     return rows_in, quarantined, path
 
 
-def _check_counts(counts: dict[str, int], quarantined: dict[str, int]) -> None:
-    if counts["train"] == 0 or counts["val"] == 0:
-        raise DataError(
-            f"after validation the training table has {counts['train']} training and {counts['val']} "
-            f"validation rows; both must be > 0 (quarantined: {quarantined})"
-        )
+def remove_quarantine(run_dir: Path) -> None:
+    """Remove the quarantine table an earlier run left in ``run_dir``: this run rejected nothing."""
+    import shutil
+
+    target = run_dir / QUARANTINE_TABLE
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+
+
+def union_by_name(frames: list[DataFrame]) -> DataFrame:
+    """All rows of ``frames`` in one DataFrame, columns matched by name; a column some frames lack is null
+    there, and a column whose type differs between frames is cast to string in all of them."""
+    types: dict[str, set[str]] = {}
+    for df in frames:
+        for f in df.schema.fields:
+            types.setdefault(f.name, set()).add(f.dataType.simpleString())
+    mixed = {name for name, found in types.items() if len(found) > 1}
+    cast = [df.select(*[column(c).cast("string").alias(c) if c in mixed else column(c) for c in df.columns])
+            for df in frames]
+    union = cast[0]
+    for other in cast[1:]:
+        union = union.unionByName(other, allowMissingColumns=True)
+    return union
+
+
+def column(name: str) -> Column:
+    """The column called ``name``, even when the name holds dots or backticks."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def with_core_columns(df: DataFrame, core: list[tuple[str, str]]) -> DataFrame:
+    """``df`` with the user's ``core`` columns copied to ingest's names (``[("review", "text")]``), first, and
+    every other column kept for the quarantine table; another column whose name ingest uses (a core name,
+    ``reason`` or ``table``) is kept as ``source_<name>``."""
+    users, taken = {user for user, _ in core}, {*(ours for _, ours in core), REASON, TABLE}
+    return df.select(
+        *[column(user).alias(ours) for user, ours in core],
+        *[column(c).alias(f"source_{c}" if c in taken else c) for c in df.columns if c not in users],
+    )
+
+
+def split_three(clean: dict[str, DataFrame], config: DataConfig, *, content: str) -> dict[str, DataFrame]:
+    """``train``, ``val`` and ``test`` from the validated tables, each class split in proportion.
+
+    The test split is the test table when there is one, else ``data.test_fraction`` of each class of the
+    training table (seed ``data.seed + 1``); ``data.val_fraction`` of each class of the rest is validation.
+    """
+    if "test" in clean:
+        rest, test = clean["train"], clean["test"]
+    else:
+        check_test_source(config)
+        rest, test = stratified_split(clean["train"], val_fraction=config.test_fraction, seed=config.seed + 1,
+                                      content=content)
+    train, val = stratified_split(rest, val_fraction=config.val_fraction, seed=config.seed, content=content)
+    return {"train": train, "val": val, "test": test}
+
+
+def split_class_counts(splits: dict[str, DataFrame]) -> dict[str, dict[int, int]]:
+    """Rows per integer ``label`` per split, in one Spark job (classes a split lacks are absent)."""
+    parts = [df.select(F.lit(name).alias("_split"), F.col(LABEL).cast("int").alias(LABEL))
+             for name, df in splits.items()]
+    union = parts[0]
+    for other in parts[1:]:
+        union = union.unionByName(other)
+    counts: dict[str, dict[int, int]] = {name: {} for name in splits}
+    for row in union.groupBy("_split", LABEL).count().collect():
+        counts[row["_split"]][row[LABEL]] = row["count"]
+    return counts
+
+
+@dataclass(frozen=True)
+class CheckedSplits:
+    """What :func:`check_split_counts` found: rows per split, per class, and warnings."""
+
+    counts: dict[str, int]
+    class_counts: dict[str, dict[str, int]]
+    """Rows per class name per split (every class listed); empty when the rows have no classes (QA)."""
+    warnings: list[str]
+
+
+def check_split_counts(
+    splits: dict[str, DataFrame], *, config: DataConfig, quarantined: dict[str, int], label_names: tuple[str, ...]
+) -> CheckedSplits:
+    """Count the splits by class in Spark, before any hand-over to Ray, and fail or warn on what the counts show.
+
+    With empty ``label_names`` the rows have no classes (QA, a constant ``label``): only empty splits fail.
+
+    Raises:
+        DataError: If a split is empty, or the training split holds a single class.
+    """
+    by_class = split_class_counts(splits)
+    counts = {name: sum(by_class[name].values()) for name in splits}
+    check_splits(counts, quarantined=quarantined, config=config)
+    if not label_names:
+        return CheckedSplits(counts=counts, class_counts={}, warnings=[])
+    warnings = check_classes(by_class, label_names=label_names)
+    for line in warnings:
+        log.warning("%s", line)
+    named = {split: {name: by_class[split].get(i, 0) for i, name in enumerate(label_names)} for split in splits}
+    return CheckedSplits(counts=counts, class_counts=named, warnings=warnings)
+
+
+def hand_off(
+    splits: dict[str, DataFrame], *, counts: dict[str, int], config: DataConfig
+) -> dict[str, ray.data.Dataset]:
+    """:func:`to_ray` for each split, checking Ray received exactly the rows Spark counted."""
+    datasets = {name: to_ray(df, num_blocks=config.blocks_per_split) for name, df in splits.items()}
+    received = {name: ds.count() for name, ds in datasets.items()}
+    if received != counts:
+        raise RuntimeError(f"bug: Spark counted {counts} rows per split, but Ray received {received}")
+    return datasets
+
+
+def check_accounted(rows_in: int, counts: dict[str, int], quarantined: dict[str, int]) -> None:
+    """Every row read is in a split or in quarantine; anything else is a bug in ingest, never the data's."""
+    kept, rejected = sum(counts.values()), sum(quarantined.values())
+    if rows_in != kept + rejected:
+        raise RuntimeError(f"bug: {rows_in} rows read, but {kept} in splits + {rejected} quarantined")
 
 
 def ingest(
@@ -261,12 +395,17 @@ def ingest(
         tokenizer_dir: Text only: the local directory of the model's tokenizer.
 
     Returns:
-        The Ray datasets and what was counted on the way.
+        The Ray datasets and what was counted on the way (with warnings about classes splits lack).
 
     Raises:
-        DataError: On a wrong schema, or when no valid training rows remain.
+        ConfigError: Before any Spark job, when the source has no test table and ``data.test_fraction`` is 0,
+            or text data comes without a tokenizer.
+        DataError: On a wrong schema, an empty split after validation, or a training split of one class.
     """
+    check_test_source(config)
     if config.modality == "text":
+        from hybrid.ingest_text import ingest_text
+
         if tokenizer_dir is None:
             raise ConfigError("text data needs a tokenizer: model.pretrained_dir must name the model's directory")
         return ingest_text(spark, config, run_dir=Path(run_dir), tokenizer_dir=tokenizer_dir)
@@ -287,7 +426,10 @@ def ingest_images(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> 
     num_pixels = config.image_size**2
     tagged: dict[str, DataFrame] = {}
     for name, df in (("train", tables.train), ("test", tables.test)):
+        if df is None:
+            continue
         check_schema(df, table=name)
+        df = with_core_columns(df, [(PIXELS, PIXELS), (LABEL, LABEL)])
         reason = reject_reason(df, num_pixels=num_pixels, num_classes=config.num_classes)
         tagged[name] = df.withColumn(REASON, reason).persist()
     rows_in, quarantined, quarantine_path = quarantine(tagged, REASONS, run_dir)
@@ -295,90 +437,23 @@ def ingest_images(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> 
     durations["validate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    train, val = stratified_split(clean["train"], val_fraction=config.val_fraction, seed=config.seed)
-    train = train.persist()
-    norm = fit_normalizer(train)
-    splits = {"train": normalize(train, norm), "val": normalize(val, norm), "test": normalize(clean["test"], norm)}
+    raw = split_three(clean, config, content=PIXELS)
+    raw["train"] = raw["train"].persist()
+    checked = check_split_counts(raw, config=config, quarantined=quarantined, label_names=tables.label_names)
+    norm = fit_normalizer(raw["train"])
+    splits = {name: normalize(df, norm) for name, df in raw.items()}
     durations["split_normalize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    datasets = {name: to_ray(df, num_blocks=config.blocks_per_split) for name, df in splits.items()}
-    counts = {name: ds.count() for name, ds in datasets.items()}
+    datasets = hand_off(splits, counts=checked.counts, config=config)
     durations["to_ray"] = time.perf_counter() - t0
-    train.unpersist()
+    raw["train"].unpersist()
     for df in tagged.values():
         df.unpersist()
-    _check_counts(counts, quarantined)
+    check_accounted(rows_in, checked.counts, quarantined)
     return IngestResult(
         train=datasets["train"], val=datasets["val"], test=datasets["test"], rows_in=rows_in,
-        quarantined=quarantined, counts=counts, normalizer=norm, label_names=tables.label_names,
-        quarantine_path=quarantine_path, durations_s=durations,
-    )
-
-
-def ingest_text(spark: SparkSession, config: DataConfig, *, run_dir: Path, tokenizer_dir: str) -> IngestResult:
-    """:func:`ingest` for text tables: validated and split in Spark, tokenised in Ray Data after the hand-over."""
-    import time
-
-    from hybrid.ingest_text import (
-        TEXT_REASONS,
-        check_text_schema,
-        label_index,
-        read_text_tables,
-        text_reject_reason,
-        tokenize_dataset,
-    )
-    from hybrid.text import TEXT, load_tokenizer
-
-    durations: dict[str, float] = {}
-    t0 = time.perf_counter()
-    tables = read_text_tables(spark, config, work_dir=run_dir / "data")
-    load_tokenizer(tokenizer_dir)  # a bad model directory fails here, before any Spark job runs
-    raw = {"train": tables.train, **({"test": tables.test} if tables.test is not None else {})}
-    tagged: dict[str, DataFrame] = {}
-    for name, df in raw.items():
-        check_text_schema(df, table=name)
-        reason = text_reject_reason(df, num_classes=config.num_classes, label_names=tables.label_names)
-        tagged[name] = df.withColumn(REASON, reason).persist()
-    rows_in, quarantined, quarantine_path = quarantine(tagged, TEXT_REASONS, run_dir)
-    clean = {
-        name: df.where(F.col(REASON).isNull()).select(F.col(TEXT), label_index(df, tables.label_names).alias(LABEL))
-        for name, df in tagged.items()
-    }
-    durations["validate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    if "test" in clean:
-        rest, test = clean["train"], clean["test"]
-    else:
-        if config.test_fraction <= 0:
-            raise ConfigError(
-                f"data.source={config.source!r} has no test table: set data.test_fraction (e.g. 0.15) or data.test_path"
-            )
-        rest, test = stratified_split(clean["train"], val_fraction=config.test_fraction, seed=config.seed + 1,
-                                      content=TEXT)
-    train, val = stratified_split(rest, val_fraction=config.val_fraction, seed=config.seed, content=TEXT)
-    splits = {"train": train, "val": val, "test": test}
-    # The held-out test table as text, for scoring in Spark later (the scorer tokenises for itself).
-    test.write.mode("overwrite").parquet(str((run_dir / "data" / TEST_TABLE).resolve()))
-    durations["split"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    converted = {name: to_ray(df, num_blocks=config.blocks_per_split) for name, df in splits.items()}
-    durations["to_ray"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    datasets = {
-        name: tokenize_dataset(ds, tokenizer_dir=tokenizer_dir, max_length=config.max_seq_length)
-        for name, ds in converted.items()
-    }
-    counts = {name: ds.count() for name, ds in datasets.items()}
-    durations["tokenize"] = time.perf_counter() - t0
-    for df in tagged.values():
-        df.unpersist()
-    _check_counts(counts, quarantined)
-    return IngestResult(
-        train=datasets["train"], val=datasets["val"], test=datasets["test"], rows_in=rows_in,
-        quarantined=quarantined, counts=counts, normalizer=None, label_names=tables.label_names,
-        quarantine_path=quarantine_path, durations_s=durations, dropped=tables.dropped,
-        max_seq_length=config.max_seq_length,
+        quarantined=quarantined, counts=checked.counts, normalizer=norm, label_names=tables.label_names,
+        quarantine_path=quarantine_path, durations_s=durations, class_counts=checked.class_counts,
+        warnings=checked.warnings,
     )

@@ -15,13 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from hybrid.config import DataConfig
 from hybrid.errors import ConfigError, DataError
+from hybrid.ingest import (
+    LABEL,
+    QUARANTINE_TABLE,
+    IngestResult,
+    check_accounted,
+    check_split_counts,
+    hand_off,
+    remove_quarantine,
+    split_three,
+)
 from hybrid.qa import REJECT_REASONS, QAExample, examples_from_columns, read_squad_json
+from hybrid.sources.tables import read_user_table, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +48,39 @@ _SCHEMA = pa.schema(
 )
 
 
-def read_examples(spark: SparkSession, config: DataConfig, path: str) -> tuple[list[QAExample], list[dict[str, Any]]]:
+def read_examples(
+    spark: SparkSession, config: DataConfig, path: str, *, key: str = "data.path", max_rows: int | None = None
+) -> tuple[list[QAExample], list[dict[str, Any]]]:
     """Examples and rejected rows of one QA table: SQuAD v1.1/v2 JSON, or a Parquet/CSV table with
-    ``id``, ``question``, ``context`` and ``answers`` (a list of ``{text, answer_start}``) columns.
+    ``id``, ``question``, ``context`` and ``answers`` columns.
+
+    ``answers`` holds per row a list of ``{text, answer_start}``, a Hugging Face style ``{text: [...],
+    answer_start: [...]}``, or either as JSON text (the way a CSV cell holds them); a cell that is not
+    valid JSON is rejected as ``malformed_answer`` with the parser's message.
+
+    Args:
+        spark: Session to read tables with.
+        config: The ``data`` section (its ``source``).
+        path: The file or table.
+        key: The config key that named ``path``, for messages.
+        max_rows: Read only the first this many questions.
 
     Raises:
         DataError: If the file is malformed or a column is missing.
     """
     if config.source == "squad":
-        return read_squad_json(path)
+        return read_squad_json(path, max_rows=max_rows)
     if config.source not in ("parquet", "csv"):
         raise ConfigError(f"data.source={config.source!r} cannot hold question answering rows (squad, parquet, csv)")
-    reader = spark.read.option("header", True) if config.source == "csv" else spark.read
-    df = reader.csv(path) if config.source == "csv" else reader.parquet(path)
+    df = read_user_table(spark, path, source=config.source, key=key)
     needed = ("id", "question", "context", "answers")
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise DataError(f"data.path: QA table {path!r} lacks columns {missing}; its columns are {df.columns}")
-    rows = [row.asDict(recursive=True) for row in df.select(*needed).toLocalIterator()]
+        raise DataError(f"{key}: QA table {path!r} lacks columns {missing}; its columns are {df.columns}")
+    df = df.select(*needed)
+    if max_rows is not None:
+        df = df.limit(max_rows)
+    rows = [row.asDict(recursive=True) for row in df.toLocalIterator()]
     return examples_from_columns(
         [r["id"] for r in rows], [r["question"] for r in rows], [r["context"] for r in rows],
         [r["answers"] for r in rows],
@@ -78,64 +103,43 @@ def examples_table(examples: list[QAExample]) -> pa.Table:
     )
 
 
-def _split(df: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
-    from hybrid.ingest import stratified_split
-
-    # One stratum; rows are ordered by a hash of their context, so the questions of one paragraph mostly
-    # land on the same side.
-    labelled = df.withColumn("label", F.lit(0))
-    keep, held = stratified_split(labelled, val_fraction=fraction, seed=seed, content="context")
-    return keep.drop("label"), held.drop("label")
-
-
-def ingest_qa(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> Any:
-    """:func:`hybrid.ingest.ingest` for question answering; returns an ``IngestResult``."""
-    from hybrid.ingest import IngestResult, to_ray
-
+def ingest_qa(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> IngestResult:
+    """:func:`hybrid.ingest.ingest` for question answering."""
     t0 = time.perf_counter()
-    tables = {"train": read_examples(spark, config, config.path)}
+    tables = {"train": read_examples(spark, config, config.path, max_rows=config.max_train_rows)}
     if config.test_path is not None:
-        tables["test"] = read_examples(spark, config, config.test_path)
+        tables["test"] = read_examples(spark, config, config.test_path, key="data.test_path",
+                                       max_rows=config.max_test_rows)
     quarantined = dict.fromkeys(REJECT_REASONS, 0)
     rejected_rows: list[dict[str, Any]] = []
     rows_in = 0
     frames: dict[str, DataFrame] = {}
     data_dir = run_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
     for name, (examples, rejected) in tables.items():
         rows_in += len(examples) + len(rejected)
         for row in rejected:
             quarantined[row["reason"]] = quarantined.get(row["reason"], 0) + 1
             rejected_rows.append({**{k: str(v) for k, v in row.items()}, "table": name})
-        if name == "train" and config.max_train_rows is not None:
-            examples = examples[: config.max_train_rows]
-        path = data_dir / f"qa_{name}.parquet"
-        pq.write_table(examples_table(examples), path)
-        frames[name] = spark.read.parquet(str(path.resolve()))
+        path = write_parquet(examples_table(examples), data_dir / f"qa_{name}.parquet")
+        # One stratum (a constant label): rows are ordered by a hash of their context, so the questions of
+        # one paragraph mostly land on the same side of each split.
+        frames[name] = spark.read.parquet(str(path.resolve())).withColumn(LABEL, F.lit(0))
+    remove_quarantine(run_dir)
     quarantine_path = None
     if rejected_rows:
-        quarantine_path = str((run_dir / "quarantine.parquet").resolve())
-        pq.write_table(pa.Table.from_pylist(rejected_rows), quarantine_path)
+        quarantine_path = str(write_parquet(pa.Table.from_pylist(rejected_rows), run_dir / QUARANTINE_TABLE).resolve())
         log.warning("quarantined %d QA rows to %s: %s", len(rejected_rows), quarantine_path,
                     {k: v for k, v in quarantined.items() if v})
     durations = {"validate": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
-    if "test" in frames:
-        rest, test = frames["train"], frames["test"]
-    else:
-        if config.test_fraction <= 0:
-            raise ConfigError("a QA source without test_path needs data.test_fraction > 0 (a held-out test split)")
-        rest, test = _split(frames["train"], config.test_fraction, config.seed + 1)
-    train, val = _split(rest, config.val_fraction, config.seed)
-    splits = {"train": train, "val": val, "test": test}
-    datasets = {name: to_ray(df, num_blocks=config.blocks_per_split) for name, df in splits.items()}
-    counts = {name: ds.count() for name, ds in datasets.items()}
+    splits = split_three(frames, config, content="context")
+    checked = check_split_counts(splits, config=config, quarantined=quarantined, label_names=())
+    datasets = hand_off({name: df.drop(LABEL) for name, df in splits.items()}, counts=checked.counts, config=config)
     durations["to_ray"] = time.perf_counter() - t0
-    if min(counts.values()) == 0:
-        raise DataError(f"every split needs examples, but got {counts} (quarantined: {quarantined})")
+    check_accounted(rows_in, checked.counts, quarantined)
     return IngestResult(
         train=datasets["train"], val=datasets["val"], test=datasets["test"], rows_in=rows_in,
-        quarantined=quarantined, counts=counts, normalizer=None, label_names=(),
+        quarantined=quarantined, counts=checked.counts, normalizer=None, label_names=(),
         quarantine_path=quarantine_path, durations_s=durations,
     )

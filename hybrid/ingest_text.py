@@ -8,6 +8,7 @@ image rules; tokenisation runs in Ray Data after the hand-over (:func:`tokenize_
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,19 @@ from pyspark.sql import types as T
 
 from hybrid.config import DataConfig
 from hybrid.errors import ConfigError, DataError
-from hybrid.ingest import first_broken_rule
+from hybrid.ingest import (
+    REASON,
+    TEST_TABLE,
+    IngestResult,
+    check_accounted,
+    check_split_counts,
+    first_broken_rule,
+    hand_off,
+    quarantine,
+    split_three,
+    with_core_columns,
+)
+from hybrid.sources.tables import read_user_table
 from hybrid.text import INPUT_IDS, TEXT, load_tokenizer, tokenize
 
 if TYPE_CHECKING:
@@ -50,21 +63,18 @@ class TextTables:
     """Rows a documented source rule removed before validation (e.g. neutral polarity ratings)."""
 
 
-def _read_table(spark: SparkSession, config: DataConfig, path: str) -> DataFrame:
-    if config.source == "csv":
-        # Every column as a string: a label column with one stray word must not turn the whole column to
-        # strings or nulls behind the user's back; the label rules below decide row by row.
-        df = spark.read.option("header", True).option("multiLine", True).option("escape", '"').csv(path)
-    else:
-        df = spark.read.parquet(path)
-    for key, column in (("data.text_column", config.text_column), ("data.label_column", config.label_column)):
+def _read_table(spark: SparkSession, config: DataConfig, path: str, *, key: str) -> DataFrame:
+    df = read_user_table(spark, path, source=config.source, key=key)  # type: ignore[arg-type]
+    for name, column in (("data.text_column", config.text_column), ("data.label_column", config.label_column)):
         if column not in df.columns:
-            raise DataError(f"{key}: table {path!r} has no column {column!r}; its columns are {df.columns}")
-    return df.select(F.col(config.text_column).alias(TEXT), F.col(config.label_column).alias(LABEL))
+            raise DataError(f"{name}: table {path!r} has no column {column!r}; its columns are {df.columns}")
+    # The other columns ride along to the quarantine table, so a rejected row can be found again.
+    return with_core_columns(df, [(config.text_column, TEXT), (config.label_column, LABEL)])
 
 
 def read_text_tables(spark: SparkSession, config: DataConfig, *, work_dir: str | Path) -> TextTables:
-    """The training (and test) text tables ``config`` names, as Spark DataFrames of ``(text, label)``.
+    """The training (and test) text tables ``config`` names, as Spark DataFrames of ``(text, label, ...)``:
+    the user's text and label columns renamed, every other column kept.
 
     Raises:
         DataError: If a file or a column is missing.
@@ -81,12 +91,12 @@ def read_text_tables(spark: SparkSession, config: DataConfig, *, work_dir: str |
             rng = np.random.default_rng(config.seed)
             table = table.take(np.sort(rng.permutation(table.num_rows)[: config.max_train_rows]))
         path = write_parquet(table, Path(work_dir) / "sentence_polarity.parquet")
-        train = spark.read.parquet(str(Path(path).resolve())).select(TEXT, LABEL)
+        train = spark.read.parquet(str(Path(path).resolve()))
         return TextTables(train=train, test=None, label_names=config.label_names or POLARITY_LABELS, dropped=dropped)
     if config.source not in ("parquet", "csv"):
         raise ConfigError(f"data.source={config.source!r} is not a text source (sentence_polarity, parquet, csv)")
-    train = _read_table(spark, config, config.path)
-    test = _read_table(spark, config, config.test_path) if config.test_path else None
+    train = _read_table(spark, config, config.path, key="data.path")
+    test = _read_table(spark, config, config.test_path, key="data.test_path") if config.test_path else None
     if config.max_train_rows is not None:
         train = train.limit(config.max_train_rows)
     if test is not None and config.max_test_rows is not None:
@@ -178,3 +188,50 @@ def tokenize_dataset(dataset: ray.data.Dataset, *, tokenizer_dir: str, max_lengt
         concurrency=1,
         **options,
     ).materialize()
+
+
+def ingest_text(spark: SparkSession, config: DataConfig, *, run_dir: Path, tokenizer_dir: str) -> IngestResult:
+    """:func:`hybrid.ingest.ingest` for text tables: validated and split in Spark, tokenised in Ray Data after
+    the hand-over; the test split is also written as text to ``<run_dir>/data/test.parquet`` for scoring."""
+    durations: dict[str, float] = {}
+    t0 = time.perf_counter()
+    tables = read_text_tables(spark, config, work_dir=run_dir / "data")
+    load_tokenizer(tokenizer_dir)  # a bad model directory fails here, before any Spark job runs
+    raw = {"train": tables.train, **({"test": tables.test} if tables.test is not None else {})}
+    tagged: dict[str, DataFrame] = {}
+    for name, df in raw.items():
+        check_text_schema(df, table=name)
+        reason = text_reject_reason(df, num_classes=config.num_classes, label_names=tables.label_names)
+        tagged[name] = df.withColumn(REASON, reason).persist()
+    rows_in, quarantined, quarantine_path = quarantine(tagged, TEXT_REASONS, run_dir)
+    clean = {
+        name: df.where(F.col(REASON).isNull()).select(F.col(TEXT), label_index(df, tables.label_names).alias(LABEL))
+        for name, df in tagged.items()
+    }
+    durations["validate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    splits = split_three(clean, config, content=TEXT)
+    checked = check_split_counts(splits, config=config, quarantined=quarantined, label_names=tables.label_names)
+    # The held-out test table as text, for scoring in Spark later (the scorer tokenises for itself).
+    splits["test"].write.mode("overwrite").parquet(str((run_dir / "data" / TEST_TABLE).resolve()))
+    durations["split"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    converted = hand_off(splits, counts=checked.counts, config=config)
+    durations["to_ray"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    datasets = {
+        name: tokenize_dataset(ds, tokenizer_dir=tokenizer_dir, max_length=config.max_seq_length)
+        for name, ds in converted.items()
+    }
+    durations["tokenize"] = time.perf_counter() - t0
+    for df in tagged.values():
+        df.unpersist()
+    check_accounted(rows_in, checked.counts, quarantined)
+    return IngestResult(
+        train=datasets["train"], val=datasets["val"], test=datasets["test"], rows_in=rows_in,
+        quarantined=quarantined, counts=checked.counts, normalizer=None, label_names=tables.label_names,
+        quarantine_path=quarantine_path, durations_s=durations, dropped=tables.dropped,
+        max_seq_length=config.max_seq_length, class_counts=checked.class_counts, warnings=checked.warnings,
+    )

@@ -87,12 +87,13 @@ class Prediction:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def read_squad_json(path: str | Path) -> tuple[list[QAExample], list[dict[str, Any]]]:
+def read_squad_json(path: str | Path, *, max_rows: int | None = None) -> tuple[list[QAExample], list[dict[str, Any]]]:
     """Read a SQuAD v1.1 or v2.0 JSON file, keeping bad questions aside rather than dropping them.
 
     Args:
         path: A file shaped ``{"data": [{"title", "paragraphs": [{"context", "qas": [{"id",
             "question", "answers": [{"text", "answer_start"}], "is_impossible"?}]}]}]}``.
+        max_rows: Read only the first this many questions (valid or not), in file order.
 
     Returns:
         ``(examples, rejected)``: valid examples in file order, and one ``{"id", "reason", "value"}``
@@ -117,6 +118,8 @@ def read_squad_json(path: str | Path) -> tuple[list[QAExample], list[dict[str, A
             where = f"data[{a}].paragraphs[{p}]"
             context = _field(paragraph, "context", str, path, where)
             for q, qa in enumerate(_field(paragraph, "qas", list, path, where)):
+                if max_rows is not None and len(builder.good) + len(builder.rejected) >= max_rows:
+                    return builder.good, builder.rejected
                 if not isinstance(qa, dict):
                     raise DataError(f"{path}: {where}.qas[{q}] must be an object, got {type(qa).__name__}")
                 impossible = qa.get("is_impossible", False)
@@ -140,7 +143,8 @@ def examples_from_columns(
         questions: One question per row.
         contexts: One context per row.
         answers: Per row, a list of ``{"text", "answer_start"}`` dicts or one Hugging Face style
-            ``{"text": [...], "answer_start": [...]}`` dict.
+            ``{"text": [...], "answer_start": [...]}`` dict, or either as JSON text (a CSV cell); text that
+            is not JSON is rejected as ``"malformed_answer"``.
         allow_impossible: When True a row with no answers is an impossible (SQuAD v2) question;
             when False it is rejected as ``"no_answer"``.
 
@@ -207,7 +211,23 @@ def _is_list_like(x: Any) -> bool:
     return not isinstance(x, (str, bytes, Mapping)) and hasattr(x, "__len__") and hasattr(x, "__iter__")
 
 
+def _decode_json(raw: Any) -> tuple[Any, str | None]:
+    """``(answers, problem)``: ``raw`` parsed when it is JSON text (answers from a CSV cell), else ``raw``
+    itself; ``problem`` says what is wrong when the text is not JSON. Blank text counts as no answers."""
+    if not isinstance(raw, str):
+        return raw, None
+    if not raw.strip():
+        return None, None
+    try:
+        return json.loads(raw), None
+    except json.JSONDecodeError as err:
+        return None, f"answers must be JSON text, but {err.msg} at character {err.pos} of {raw[:80]!r}"
+
+
 def _is_empty_answers(raw: Any) -> bool:
+    raw, problem = _decode_json(raw)
+    if problem is not None:
+        return False
     if raw is None:
         return True
     if isinstance(raw, Mapping):
@@ -216,7 +236,10 @@ def _is_empty_answers(raw: Any) -> bool:
 
 
 def _parse_answers(raw: Any) -> tuple[Answer, ...] | str:
-    """Answers from either layout, or a string saying what is malformed."""
+    """Answers from either layout (or either as JSON text), or a string saying what is malformed."""
+    raw, problem = _decode_json(raw)
+    if problem is not None:
+        return problem
     if raw is None:
         return ()
     if isinstance(raw, Mapping):  # Hugging Face layout: {"text": [...], "answer_start": [...]}

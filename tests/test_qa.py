@@ -227,6 +227,42 @@ def test_examples_from_columns_accepts_both_answer_layouts() -> None:
     assert strict[0]["reason"] == "no_answer"
 
 
+def test_answers_as_json_text_parse_and_bad_json_is_quarantined_with_the_parser_message() -> None:
+    # A CSV cell holds answers as JSON text; a Parquet string column may too.
+    good, rejected = examples_from_columns(
+        ["list", "hf", "blank", "broken", "wrong"],
+        ["How heavy?"] * 5,
+        [BELL] * 5,
+        [
+            '[{"text": "six hundred kilograms", "answer_start": 16}]',
+            '{"text": ["kilograms"], "answer_start": [28]}',
+            "  ",
+            '[{"text": "six hundred", "answer_start": 16}',
+            '[{"text": "six hundred", "answer_start": "16"}]',
+        ],
+    )
+    assert [(ex.id, ex.answers) for ex in good] == [
+        ("list", (Answer("six hundred kilograms", 16),)), ("hf", (Answer("kilograms", 28),)),
+    ]
+    assert [(r["id"], r["reason"]) for r in rejected] == [
+        ("blank", "no_answer"), ("broken", "malformed_answer"), ("wrong", "malformed_answer"),
+    ]
+    assert rejected[1]["value"].startswith("answers must be JSON text, but Expecting ',' delimiter at character 44")
+
+
+def test_read_squad_json_max_rows_reads_the_first_questions_valid_or_not(tmp_path: Path) -> None:
+    payload = {"data": [{"paragraphs": [{"context": BELL, "qas": [
+        {"id": "a", "question": "How heavy?", "answers": [{"text": "six hundred kilograms", "answer_start": 16}]},
+        {"id": "b", "question": "", "answers": []},
+        {"id": "c", "question": "How heavy?", "answers": [{"text": "kilograms", "answer_start": 28}]},
+    ]}]}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(payload))
+    good, rejected = read_squad_json(path, max_rows=2)
+    assert [ex.id for ex in good] == ["a"] and [r["id"] for r in rejected] == ["b"]
+    assert len(read_squad_json(path)[0]) == 2
+
+
 def test_examples_from_columns_requires_equal_lengths() -> None:
     with pytest.raises(DataError, match=r"same length, got \{'ids': 2, 'questions': 1"):
         examples_from_columns(["a", "b"], ["q"], ["c"], [[]])

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hybrid.config import DataConfig
-from hybrid.errors import ConfigError
 from hybrid.sources.idx import FASHION_MNIST_LABELS, read_fashion_mnist
+from hybrid.sources.tables import read_user_table, write_parquet
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -24,8 +23,9 @@ class ImageTables:
 
     train: DataFrame
     """Training table; validation is split from it."""
-    test: DataFrame
-    """Held-out test table, never used for training or model selection."""
+    test: DataFrame | None
+    """Held-out test table, never used for training or model selection; ``None`` when the source has none
+    (ingest then holds out ``data.test_fraction`` of each class of ``train``)."""
     label_names: tuple[str, ...]
     """Class names by label."""
 
@@ -40,14 +40,13 @@ def images_to_parquet(images: np.ndarray, labels: np.ndarray, path: str | Path, 
     width = flat.shape[1]
     pixels = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)), pa.array(flat.ravel()))
     table = pa.table({"id": pa.array(np.arange(n, dtype=np.int64)), "pixels": pixels, "label": pa.array(labels.astype(np.int32))})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=row_group_rows)
-    return path
+    return write_parquet(table, path, row_group_rows=row_group_rows)
 
 
 def read_image_tables(spark: SparkSession, config: DataConfig, *, work_dir: str | Path) -> ImageTables:
-    """Read the training and test tables that ``config`` names, as raw Spark DataFrames.
+    """Read the training and test tables that ``config`` names, as raw Spark DataFrames (every column kept).
+
+    A ``parquet`` source without ``data.test_path`` has no test table (``test`` is None).
 
     Args:
         spark: Session to read with.
@@ -67,12 +66,13 @@ def read_image_tables(spark: SparkSession, config: DataConfig, *, work_dir: str 
         train, test = (spark.read.parquet(str(Path(p).resolve())) for p in (paths["train"], paths["test"]))
         names = config.label_names or FASHION_MNIST_LABELS
     else:
-        if config.test_path is None:
-            raise ConfigError("data.test_path is required for source='parquet' (a held-out test table)")
-        train, test = spark.read.parquet(config.path), spark.read.parquet(config.test_path)
+        train = read_user_table(spark, config.path, source="parquet")
+        test = None
+        if config.test_path is not None:
+            test = read_user_table(spark, config.test_path, source="parquet", key="data.test_path")
         names = config.label_names or tuple(str(i) for i in range(config.num_classes))
         if config.max_train_rows is not None:
             train = train.limit(config.max_train_rows)
-        if config.max_test_rows is not None:
+        if test is not None and config.max_test_rows is not None:
             test = test.limit(config.max_test_rows)
     return ImageTables(train=train, test=test, label_names=tuple(names))

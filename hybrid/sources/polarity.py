@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hybrid.errors import DataError
+from hybrid.sources.tables import write_parquet as _write_parquet
 
 POLARITY_LABELS = ("negative", "positive")
 """Class names by label: 0 is negative (mean rating < 0), 1 is positive (mean rating > 0)."""
@@ -187,12 +187,10 @@ def _parse(line_bytes: bytes) -> tuple[int | None, str | None, float | None, str
 
 
 def write_parquet(table: pa.Table, path: str | Path) -> Path:
-    """Write ``table`` (e.g. :attr:`PolarityTable.table`) to the Parquet file ``path``, creating its directory.
+    """Write ``table`` (e.g. :attr:`PolarityTable.table`) to the Parquet file ``path`` atomically, creating its
+    directory.
 
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-    return path
+    return _write_parquet(table, path)
