@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--reduce-range", choices=["auto", "on", "off"], default="auto",
+                        help="QuantizeConfig.reduce_range: auto (null) reduces where the CPU lacks VNNI")
     parser.add_argument("--save-model", help="write the float model trained here to this directory")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -144,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     threads = max(args.threads)
-    config = QuantizeConfig(calibration_samples=args.calibration, num_threads=threads, latency_repeats=args.repeats)
+    reduce_range = {"auto": None, "on": True, "off": False}[args.reduce_range]
+    config = QuantizeConfig(calibration_samples=args.calibration, num_threads=threads, latency_repeats=args.repeats,
+                            reduce_range=reduce_range)
     result = quantize(model, train, config, eval_batches=test)
     quantize_s = time.perf_counter() - t0
 
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     head = grid[(max(args.batch_sizes), threads)]
     print(f"model: {model.config}")
     print(f"train/load {train_s:.1f} s, quantize (both backends + measuring) {quantize_s:.1f} s; "
-          f"torch {torch.__version__}, {threads} threads")
+          f"torch {torch.__version__}, {threads} threads, reduce_range {args.reduce_range}")
     print(f"\n{'model':<12} {'accuracy':>9} {'agree':>7} {'max|dlogit|':>11} {'size B':>10} {'x float':>8} "
           f"{'ms/sample':>10} {'x float':>8}   (batch {max(args.batch_sizes)}, {threads} threads)")
     for name in names:

@@ -55,12 +55,15 @@ def quantize_to_bytes(
     output_name: str,
     dynamic: bool,
     per_channel: bool,
+    reduce_range: bool,
     opset: int,
 ) -> bytes:
     """Export ``model`` to ONNX and quantize it with ONNX Runtime; returns the int8 ``.onnx`` bytes.
 
     Static: QDQ format, uint8 activations with MinMax ranges calibrated on ``calibration``, int8 weights.
     Dynamic: int8 weights of MatMul/Gemm and embedding tables (Gather), activations quantized per batch at run time.
+    ``reduce_range``: 7-bit weights, so that CPUs without VNNI do not saturate int16 sums of products (see
+    :func:`hybrid._cpu.int8_reduce_range`); ONNX Runtime keeps embedding tables (Gather) at 8 bits regardless.
     """
     ort_quant = require_onnxruntime()
     with tempfile.TemporaryDirectory(prefix="hybrid-onnx-") as tmp:
@@ -73,25 +76,28 @@ def quantize_to_bytes(
         free_length = any(not x.is_floating_point() and x.dim() == 2 for x in example)
         ort_quant.shape_inference.quant_pre_process(float_path, pre_path, skip_symbolic_shape=free_length)
         with _root_logger_at(logging.WARNING):
-            _quantize(ort_quant, pre_path, int8_path, calibration, input_names, dynamic=dynamic, per_channel=per_channel)
+            _quantize(
+                ort_quant, pre_path, int8_path, calibration, input_names,
+                dynamic=dynamic, per_channel=per_channel, reduce_range=reduce_range,
+            )
         return Path(int8_path).read_bytes()
 
 
 def _quantize(
     ort_quant: Any, pre_path: str, int8_path: str, calibration: list[Inputs], input_names: Sequence[str], *,
-    dynamic: bool, per_channel: bool,
+    dynamic: bool, per_channel: bool, reduce_range: bool,
 ) -> None:
     if dynamic:
         # Matrix products and embedding lookups (Gather: a BERT's word embeddings are a third of its
         # weights), not convolutions: ONNX Runtime's dynamic ConvInteger ran about 10x slower than float here.
         ort_quant.quantize_dynamic(
             pre_path, int8_path, weight_type=ort_quant.QuantType.QInt8, per_channel=per_channel,
-            op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+            reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm", "Gather"],
         )
     else:
         ort_quant.quantize_static(
             pre_path, int8_path, _reader(ort_quant, calibration, input_names),
-            quant_format=ort_quant.QuantFormat.QDQ, per_channel=per_channel,
+            quant_format=ort_quant.QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
             activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QInt8,
             calibrate_method=ort_quant.CalibrationMethod.MinMax,
         )

@@ -62,7 +62,9 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def quantize_to_bytes(model: nn.Module, calibration: list[Inputs], example: Inputs, *, dynamic: bool) -> bytes:
+def quantize_to_bytes(
+    model: nn.Module, calibration: list[Inputs], example: Inputs, *, dynamic: bool, reduce_range: bool
+) -> bytes:
     """torchao PT2E quantization for x86 (per-channel int8 weights, uint8 activations); returns ``.pt2`` bytes.
 
     Args:
@@ -70,6 +72,8 @@ def quantize_to_bytes(model: nn.Module, calibration: list[Inputs], example: Inpu
         calibration: Input batches; static quantization records activation ranges on them.
         example: Inputs of two rows, for tracing (the batch dimension stays dynamic).
         dynamic: Quantize activations per batch at run time instead of with calibrated ranges.
+        reduce_range: Activations in ``[0, 127]`` instead of ``[0, 255]``, so that oneDNN on CPUs without VNNI
+            does not saturate int16 sums of products (see :func:`hybrid._cpu.int8_reduce_range`).
     """
     with quiet():
         try:
@@ -85,7 +89,8 @@ def quantize_to_bytes(model: nn.Module, calibration: list[Inputs], example: Inpu
 
         shapes = batch_dynamic_shapes(len(example), example)
         exported = torch.export.export(model, example, dynamic_shapes=shapes)
-        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+        config = get_default_x86_inductor_quantization_config(is_dynamic=dynamic, reduce_range=reduce_range)
+        quantizer = X86InductorQuantizer().set_global(config)
         prepared = prepare_pt2e(exported.module(), quantizer)
         with torch.no_grad():
             for inputs in calibration:

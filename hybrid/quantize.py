@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from hybrid import _quant_onnx, _quant_torch
+from hybrid._cpu import int8_reduce_range
 from hybrid._dataclass_io import require, to_dict
 from hybrid.artifacts import META, WEIGHTS, ArtifactError, verify_manifest, write_manifest
 from hybrid.errors import DataError, HybridError
@@ -61,6 +62,11 @@ class QuantizeConfig:
     """Training rows whose activation ranges calibrate static quantization (the first N of the batches)."""
     per_channel: bool = True
     """ONNX Runtime: one weight scale per output channel (the torch backend always does this)."""
+    reduce_range: bool | None = None
+    """Quantize with one bit less of range (ONNX Runtime: 7-bit weights; torch: 7-bit activations), which
+    x86 CPUs without VNNI need: their int8 kernels add pairs of products in saturating int16. ``null``:
+    only where the quantizing CPU lacks VNNI (AVX2-only x86); set ``true`` when quantizing on a VNNI machine
+    for scoring on AVX2-only ones."""
     max_accuracy_drop: float = 0.01
     """Gate: int8 accuracy must be >= reference accuracy minus this (0.01 = one percentage point)."""
     min_accuracy_ratio: float | None = None
@@ -263,6 +269,7 @@ def quantize(
         )
         mode = config.mode if config.mode != "auto" else ("static" if _has_conv(model) else "dynamic")
         threads = config.num_threads or torch.get_num_threads()
+        reduce_range = config.reduce_range if config.reduce_range is not None else int8_reduce_range()
         with torch.no_grad():
             float_logits = _batched(model, eval_inputs)
         baseline = _measure(model, float_logits, float_logits, eval_labels, eval_inputs, config, threads)
@@ -275,7 +282,7 @@ def quantize(
         failures: dict[str, str] = {}
         for backend in backends:
             try:
-                payload = _quantize_bytes(backend, model, calibration, specs, mode, config)
+                payload = _quantize_bytes(backend, model, calibration, specs, mode, config, reduce_range=reduce_range)
                 int8 = Int8Model(backend=backend, mode=mode, inputs=specs, payload=payload, num_threads=threads)
             except Exception as err:  # noqa: BLE001 - auto tries the other backend; an explicit one re-raises
                 if config.backend != "auto":
@@ -308,14 +315,16 @@ def quantize(
 
 def _quantize_bytes(
     backend: str, model: nn.Module, calibration: list[tuple[torch.Tensor, ...]], specs: Sequence[InputSpec],
-    mode: str, config: QuantizeConfig,
+    mode: str, config: QuantizeConfig, *, reduce_range: bool,
 ) -> bytes:
     example = _example(calibration)
     if backend == "torch":
-        return _quant_torch.quantize_to_bytes(model, calibration, example, dynamic=mode == "dynamic")
+        return _quant_torch.quantize_to_bytes(
+            model, calibration, example, dynamic=mode == "dynamic", reduce_range=reduce_range
+        )
     return _quant_onnx.quantize_to_bytes(
         model, calibration, example, input_names=[s.name for s in specs], output_name=OUTPUT,
-        dynamic=mode == "dynamic", per_channel=config.per_channel, opset=config.opset,
+        dynamic=mode == "dynamic", per_channel=config.per_channel, reduce_range=reduce_range, opset=config.opset,
     )
 
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrid._quant_torch import UnsafeArchiveError, check_no_pickle
+from hybrid._cpu import int8_reduce_range
+from hybrid._quant_torch import UnsafeArchiveError, check_no_pickle, load_bytes
 from hybrid.artifacts import ArtifactError, write_manifest
 from hybrid.errors import ConfigError, DataError
 from hybrid.models import CNN
@@ -179,6 +180,52 @@ def test_linear_model_gets_dynamic_quantization(fixed_batch: torch.Tensor) -> No
         actual = int8(fixed_batch)
         assert (actual.argmax(1) == expected.argmax(1)).float().mean().item() >= MIN_AGREEMENT
         assert (actual - expected).abs().max().item() <= MAX_DIFF_OF_SPREAD * spread
+    assert _int8_ranges(result) == _ranges(reduced=int8_reduce_range())  # the default follows this CPU
+
+
+def test_an_explicit_reduce_range_overrides_the_cpu() -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    other = not int8_reduce_range()
+    config = QuantizeConfig(reduce_range=other, latency_repeats=1, latency_batch_size=8, num_threads=1)
+    result = quantize(mlp, toy_batches(64, seed=0), config, eval_batches=toy_batches(32, seed=1))
+    assert _int8_ranges(result) == _ranges(reduced=other)
+
+
+X86_AVX2 = {"architecture": "x86_64", "avx2": True, "avx512_f": False, "avx512_vnni": False, "avx_vnni": False}
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "reduced"),
+    [
+        (X86_AVX2, True),  # AMD Zen 2/3, Intel Haswell to Skylake client: vpmaddubsw saturates int16
+        ({**X86_AVX2, "avx512_f": True}, True),  # Skylake-SP: AVX-512 without VNNI saturates all the same
+        ({**X86_AVX2, "avx512_f": True, "avx512_vnni": True, "avx512_bf16": True}, False),  # Cooper Lake, Zen 4
+        ({**X86_AVX2, "avx_vnni": True}, False),  # Alder Lake: VEX-encoded VNNI without AVX-512
+        ({"architecture": "arm64", "neon": True, "dot": True}, False),  # no x86 int16 step
+    ],
+)
+def test_reduce_range_follows_the_cpu(capabilities: dict[str, object], reduced: bool) -> None:
+    assert int8_reduce_range(capabilities) is reduced
+
+
+def _ranges(*, reduced: bool) -> dict[str, int]:
+    return {"onnxruntime weights": 64 if reduced else 127, "torch activations": 127 if reduced else 255}
+
+
+def _int8_ranges(result: QuantizeResult) -> dict[str, int]:
+    """Largest int8 weight in the ONNX model, and the activations' ``quant_max`` in the torch program."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(result.models["onnxruntime"].payload).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_quantized")]
+    program = load_bytes(result.models["torch"].payload)
+    # quantize_per_tensor(input, scale, zero_point, quant_min, quant_max, dtype)
+    maxima = {n.args[4] for n in program.graph.nodes if "quantize_per_tensor" in str(n.target)}
+    assert len(maxima) == 1 and weights and all(w.dtype == np.int8 for w in weights)
+    return {"onnxruntime weights": max(int(np.abs(w).max()) for w in weights), "torch activations": maxima.pop()}
 
 
 def test_wrong_input_shape_is_explained(result: QuantizeResult) -> None:
