@@ -23,7 +23,7 @@ from hybrid.distill import DistillConfig
 from hybrid.models import get_family, model_config
 from hybrid.quantize import QuantizeConfig
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Schedule = Literal["constant", "step", "cosine", "onecycle"]
 Optimizer = Literal["sgd", "adamw"]
 TuneMetric = Literal[
@@ -177,7 +177,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy loss."""
     precision: Precision = "fp32"
-    """Autocast precision: ``bf16`` works on CPU and GPU, ``fp16`` on GPU only."""
+    """Autocast precision: ``bf16`` works on CPU and GPU, ``fp16`` on GPU only; ``auto`` is ``bf16`` on a GPU or
+    a CPU with native bf16 (AVX512-BF16, AMX), else ``fp32`` (bf16 is 4x slower than fp32 on AVX2-only CPUs)."""
     num_workers: int = 1
     """Ray Train workers (DDP when more than one)."""
     cpus_per_worker: int = 1
@@ -493,6 +494,12 @@ def check_before_start(config: Config, *, need_search_space: bool = True) -> Non
         ConfigError: One line naming the key, the rule and the value.
     """
     check_agreement(config)
+    require(
+        config.data.source == "fashion_mnist" or config.data.test_path is not None or config.data.test_fraction > 0,
+        f"data.test_fraction must be > 0 when data.source={config.data.source!r} has no test table (data.test_path), "
+        f"but got {config.data.test_fraction}: set data.test_path, or data.test_fraction (e.g. 0.15) to hold out "
+        "part of each class",
+    )
     check_paths(config, need_search_space=need_search_space)
     check_run_dir(config)
     if need_search_space:

@@ -227,6 +227,7 @@ def distill(
     from hybrid._dataclass_io import to_dict
     from hybrid.artifacts import read_metadata
     from hybrid.errors import TrainingError
+    from hybrid.ingest_checks import check_trainable
     from hybrid.models import get_family
     from hybrid.train import LoopSpec, build_trainer, checkpoint_dir
 
@@ -238,6 +239,8 @@ def distill(
     train_cfg = dataclasses.replace(config.train, **tuned)
     if config.distill.max_epochs is not None:
         train_cfg = dataclasses.replace(train_cfg, max_epochs=config.distill.max_epochs)
+    check_trainable({"train": train_rows}, batch_size=train_cfg.batch_size, num_workers=train_cfg.num_workers,
+                    grad_accum_steps=train_cfg.grad_accum_steps)
     # One student, nothing beside it: give its workers the free CPUs of one node rather than a trial's share.
     free = _cpus_per_node_free() // train_cfg.num_workers
     train_cfg = dataclasses.replace(train_cfg, cpus_per_worker=max(train_cfg.cpus_per_worker, free))

@@ -239,6 +239,7 @@ def run_tune(config: Config, *, echo: Echo = print) -> dict[str, Any]:
 
 def _ingest(ctx: _Run) -> None:
     from hybrid.ingest import ingest
+    from hybrid.ingest_checks import check_trainable_search
 
     spark = ctx.spark()
     # Ingest is deterministic: running it again (to rebuild the in-memory Ray datasets) changes no
@@ -253,6 +254,10 @@ def _ingest(ctx: _Run) -> None:
         f"[ingest] {data.rows_in} rows in; train {data.counts['train']}, val {data.counts['val']}, "
         f"test {data.counts['test']}; quarantined {sum(bad.values())} {bad or ''}".rstrip()
     )
+    for warning in data.warnings:
+        ctx.echo(f"[ingest] warning: {warning}")
+    # Every trial must train at least one step: checked against the largest batch the search can sample.
+    check_trainable_search(data.counts, train=ctx.config.train, space=load_search_space(ctx.config.tune.search_space))
     if ctx.config.runtime.release_spark_for_training and ctx.runtime is not None:
         ctx.runtime.stop_spark()
     ctx.data = data

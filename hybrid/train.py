@@ -70,10 +70,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 
 def autocast_context(config: TrainConfig, device: torch.device) -> Any:
-    """Autocast for ``bf16``/``fp16``, a no-op for ``fp32``."""
-    if config.precision == "fp32":
+    """Autocast for ``bf16``/``fp16``, a no-op for ``fp32``; ``auto`` as :func:`hybrid._cpu.resolve_precision`."""
+    from hybrid._cpu import resolve_precision
+
+    precision = resolve_precision(config.precision, use_gpu=config.use_gpu)
+    if precision == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

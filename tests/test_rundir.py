@@ -91,7 +91,7 @@ def test_hybrid_run_on_a_locked_run_directory_exits_1_with_one_line_before_start
     space = Path(__file__).resolve().parents[1] / "search_spaces" / "cnn_fashion_mnist.yaml"
     config = tmp_path / "run.yaml"
     config.write_text(f"name: busy\nruns_dir: {tmp_path / 'runs'}\n"
-                      f"data: {{source: parquet, path: {tmp_path}}}\ntune: {{search_space: {space}}}\n")
+                      f"data: {{source: parquet, path: {tmp_path}, test_fraction: 0.2}}\ntune: {{search_space: {space}}}\n")
     with locked(tmp_path / "runs" / "busy"):
         second = subprocess.run([sys.executable, "-m", "hybrid", "run", str(config)], capture_output=True, text=True,
                                 timeout=120)
