@@ -148,7 +148,8 @@ def _read_json(directory: Path, name: str) -> Any:
     except UnicodeDecodeError as err:
         raise ArtifactError(f"{directory}: {name} must be UTF-8 JSON, but byte {err.start} is not UTF-8") from None
     except _DuplicateKey as err:
-        raise ArtifactError(f"{directory}: {name} must not repeat a key, but {_show(err.args[0])} appears twice") from None
+        key = _show(err.args[0])
+        raise ArtifactError(f"{directory}: {name} must not repeat a key, but {key} appears twice") from None
     except ValueError as err:
         detail = f"{err.msg} at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else err
         raise ArtifactError(f"{directory}: {name} must be JSON, but it is not ({detail})") from None
@@ -347,13 +348,18 @@ def build_model_dir(directory: str | Path) -> Iterator[Path]:
         _write_manifest(tmp)
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target`` (parents created), or copy it where the filesystem cannot link."""
+def link_or_copy(source: Path, target: Path, *, link: bool = True) -> None:
+    """Hard-link ``source`` to ``target`` (parents created), or copy it where the filesystem cannot link.
+
+    Link only while rebuilding a directory in place (the old copy is deleted by the swap): two directories
+    left sharing a file would both change if one were edited in place.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)  # files are never rewritten in place, so sharing them is safe and free
-    except OSError:
-        shutil.copyfile(source, target)
+    if link:
+        with contextlib.suppress(OSError):
+            os.link(source, target)
+            return
+    shutil.copyfile(source, target)
 
 
 def save_model(directory: str | Path, model: Any, *, family: str, config: Any, **metadata: Any) -> Path:
@@ -392,8 +398,9 @@ def save_model(directory: str | Path, model: Any, *, family: str, config: Any, *
 def copy_model(source: str | Path, target: str | Path, **fields: Any) -> dict[str, Any]:
     """Copy a verified model directory to ``target`` atomically, adding ``fields`` to its ``model.json``.
 
-    Files are hard-linked where the filesystem allows (else copied) and keep the hashes verified in
-    ``source``. ``target`` may be ``source`` itself (see :func:`update_metadata`).
+    Files keep the hashes verified in ``source`` (a file changed since fails the new manifest too).
+    ``target`` may be ``source`` itself (see :func:`update_metadata`); its files are then hard-linked into
+    the new directory rather than copied.
 
     Returns:
         The new ``model.json``.
@@ -404,12 +411,13 @@ def copy_model(source: str | Path, target: str | Path, **fields: Any) -> dict[st
     source, target = Path(source), Path(target)
     files, meta = _verified(source)
     meta = check_metadata(target, {**meta, **to_dict(fields)})
-    if target.resolve() != source.resolve():
+    in_place = target.resolve() == source.resolve()
+    if not in_place:
         _check_replaceable(target)
     with replace_dir(target) as tmp:
         for name in files:
             if name != META:
-                link_or_copy(source / name, tmp / name)
+                link_or_copy(source / name, tmp / name, link=in_place)
         write_json(tmp / META, meta)
         _write_manifest(tmp, known={k: v for k, v in files.items() if k != META})
     return meta
@@ -423,11 +431,18 @@ def update_metadata(directory: str | Path, **fields: Any) -> dict[str, Any]:
 # --- loading ---------------------------------------------------------------------------------------------
 
 
-def _localized(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    from hybrid.models import get_family
+def _model_config(directory: Path, meta: dict[str, Any]) -> Any:
+    """The family's config dataclass of a checked ``model.json``, its paths resolved against ``directory``."""
+    from hybrid.errors import ConfigError
+    from hybrid.models import get_family, model_config
 
-    localize = get_family(meta["family"]).localize
-    return localize(meta["config"], directory) if localize is not None else meta["config"]
+    family = meta["family"]
+    localize = get_family(family).localize
+    params = localize(meta["config"], directory) if localize is not None else meta["config"]
+    try:
+        return model_config(family, params)
+    except ConfigError as err:
+        raise ArtifactError(f"{directory}: {META}'s config does not build a {family} model: {_one_line(err)}") from None
 
 
 def _one_line(err: BaseException, limit: int = 300) -> str:
@@ -449,7 +464,7 @@ def load_model(directory: str | Path) -> tuple[Any, dict[str, Any]]:
     from safetensors.torch import load_file
 
     from hybrid.errors import ConfigError
-    from hybrid.models import create_model, model_config
+    from hybrid.models import create_model
 
     directory = Path(directory)
     if not (directory / WEIGHTS).exists() and any((directory / name).exists() for name in INT8_FILES.values()):
@@ -459,7 +474,7 @@ def load_model(directory: str | Path) -> tuple[Any, dict[str, Any]]:
     _, meta = _verified(directory)
     family = meta["family"]
     try:
-        model = create_model(family, config=model_config(family, _localized(directory, meta)))
+        model = create_model(family, config=_model_config(directory, meta))
     except ConfigError as err:
         raise ArtifactError(f"{directory}: {META}'s config does not build a {family} model: {_one_line(err)}") from None
     try:
@@ -476,10 +491,8 @@ def model_collate(directory: str | Path, meta: dict[str, Any] | None = None) -> 
         directory: A float or int8 model directory.
         meta: Its ``model.json`` as :func:`load_model` returned it; ``None`` reads (and verifies) it.
     """
-    from hybrid.models import collate_fn, get_family, model_config
+    from hybrid.models import collate_fn
 
     directory = Path(directory)
     meta = check_metadata(directory, meta) if meta is not None else read_metadata(directory)
-    if get_family(meta["family"]).collate is None:
-        return None
-    return collate_fn(meta["family"], model_config(meta["family"], _localized(directory, meta)))
+    return collate_fn(meta["family"], _model_config(directory, meta))

@@ -392,7 +392,7 @@ def save_quantized(
         for name in kept:
             link_or_copy(directory / name, tmp / name)
         for name, source in assets.items():
-            link_or_copy(source, tmp / name)
+            link_or_copy(source, tmp / name, link=False)
         write_bytes(tmp / MODEL_FILES[int8.backend], int8.payload)
         write_json(tmp / META, meta)
     return directory

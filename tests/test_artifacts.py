@@ -241,6 +241,7 @@ def test_copy_model_verifies_the_source_and_writes_the_target_whole(
     with pytest.raises(ArtifactError, match="changed or corrupted"):
         copy_model(directory, tmp_path / "student")
     assert not (tmp_path / "student").exists()
+    load_model(tmp_path / "teacher")  # a copy, not a second name of the changed file
 
 
 def test_saving_into_an_existing_empty_directory_works(tmp_path: Path) -> None:
