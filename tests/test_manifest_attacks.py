@@ -397,3 +397,22 @@ def test_a_directory_with_two_model_files_is_refused(model_dir: Path, int8: Int8
     with pytest.raises(ArtifactError, match=r"holds one model file, but it has \['model.safetensors', 'model.onnx'\]"):
         load_model(model_dir)
     assert os.path.exists(model_dir / WEIGHTS)
+
+
+def test_an_int8_save_that_fails_midway_leaves_the_previous_directory_intact(
+    int8: Int8Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hybrid.quantize
+
+    directory = save_quantized(tmp_path / "int8", int8, family="cnn", config={}, note="first")
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # after the model file, before model.json
+
+    monkeypatch.setattr(hybrid.quantize, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_quantized(directory, int8, family="cnn", config={}, note="second")
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["int8"]
+    assert load_quantized(directory)[1]["note"] == "first"
