@@ -19,7 +19,6 @@ loading checks the manifest first and never unpickles.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,14 +33,27 @@ from torch import nn
 from hybrid import _quant_onnx, _quant_torch
 from hybrid._cpu import int8_reduce_range
 from hybrid._dataclass_io import require, to_dict
-from hybrid.artifacts import META, WEIGHTS, ArtifactError, verify_manifest, write_manifest
+from hybrid._atomic import write_bytes, write_json
+from hybrid.artifacts import (
+    INT8_FILES,
+    MANIFEST,
+    META,
+    WEIGHTS,
+    ArtifactError,
+    link_or_copy,
+    list_files,
+    build_model_dir,
+    check_metadata,
+    read_metadata,
+    verify_manifest,
+)
 from hybrid.errors import DataError, HybridError
 
 Backend = Literal["auto", "torch", "onnxruntime"]
 Mode = Literal["auto", "static", "dynamic"]
 LABEL = "label"
 OUTPUT = "logits"
-MODEL_FILES = {"torch": "model.pt2", "onnxruntime": "model.onnx"}
+MODEL_FILES = INT8_FILES
 """The model file of each backend inside an int8 model directory."""
 _FORMATS = {"torch": "torch.export.pt2", "onnxruntime": "onnx"}
 
@@ -342,25 +354,34 @@ def choose_backend(candidates: Mapping[str, Measurement]) -> tuple[str, bool]:
 
 
 def save_quantized(
-    directory: str | Path, int8: Int8Model, *, family: str, config: Any, **metadata: Any
+    directory: str | Path, int8: Int8Model, *, family: str, config: Any, assets_from: str | Path | None = None,
+    **metadata: Any,
 ) -> Path:
-    """Write an int8 model directory: the model file, ``model.json`` and ``manifest.json``.
+    """Write an int8 model directory (the model file, ``model.json`` and ``manifest.json``) atomically.
+
+    The directory is built under a temporary name and swapped in whole, so a killed writer leaves the old
+    directory or the new one.
 
     Args:
-        directory: Created if missing; a model file already there (of either backend) is replaced.
+        directory: Created if missing; a model file already there (of either backend), ``model.json`` and the
+            manifest are replaced, and any other file there (a tokenizer copied in) is kept and hashed.
         int8: The model (its bytes are written as they are).
         family: Registry name of the float model's family.
         config: The family's config dataclass (or plain dict).
+        assets_from: A float model directory whose sub-directories (a BERT's ``encoder/``: tokenizer and
+            encoder config) are copied in after verifying its manifest, so the int8 model is self-contained.
         **metadata: JSON-serialisable extras (preprocessing, label names, metrics...).
+
+    Raises:
+        ArtifactError: If ``directory`` holds a float model or a symbolic link, ``assets_from`` does not
+            verify, or the config names a path outside the directory.
     """
     directory = Path(directory)
     if (directory / WEIGHTS).exists():
         raise ArtifactError(f"{directory} holds a float model ({WEIGHTS}); write the int8 model to its own directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in MODEL_FILES.values():
-        (directory / stale).unlink(missing_ok=True)
-    (directory / MODEL_FILES[int8.backend]).write_bytes(int8.payload)
-    meta = {
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise ArtifactError(f"{directory}: an int8 model is written to a directory, but this is a link or a file")
+    meta = check_metadata(directory, {
         "family": family,
         "config": to_dict(config),
         "format": _FORMATS[int8.backend],
@@ -370,9 +391,19 @@ def save_quantized(
         "outputs": [OUTPUT],
         "size_bytes": int8.size_bytes,
         **to_dict(metadata),
-    }
-    (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
-    write_manifest(directory)
+    })
+    assets = {}
+    if assets_from is not None:
+        assets = {name: Path(assets_from) / name for name in verify_manifest(assets_from) if "/" in name}
+    replaced = {*MODEL_FILES.values(), META, MANIFEST}
+    kept = [name for name in list_files(directory) if name not in replaced] if directory.is_dir() else []
+    with build_model_dir(directory) as tmp:
+        for name in kept:
+            link_or_copy(directory / name, tmp / name)
+        for name, source in assets.items():
+            link_or_copy(source, tmp / name, link=False)
+        write_bytes(tmp / MODEL_FILES[int8.backend], int8.payload)
+        write_json(tmp / META, meta)
     return directory
 
 
@@ -385,8 +416,8 @@ def load_quantized(directory: str | Path, *, num_threads: int | None = None) -> 
             the torch backend uses ``torch.get_num_threads()`` at call time.
 
     Raises:
-        ArtifactError: If the directory is incomplete, a file does not match the manifest, or the model
-            file could only be read by unpickling.
+        ArtifactError: If the directory is incomplete, malformed, a file does not match the manifest, or the
+            model file could only be read by unpickling.
     """
     directory = Path(directory)
     present = [name for name in MODEL_FILES.values() if (directory / name).is_file()]
@@ -395,22 +426,42 @@ def load_quantized(directory: str | Path, *, num_threads: int | None = None) -> 
             f"{directory}: an int8 model directory holds exactly one of {sorted(MODEL_FILES.values())}, "
             f"but it has {present or 'none'}"
         )
-    verify_manifest(directory, required=(present[0], META))
-    meta = json.loads((directory / META).read_text())
+    meta = read_metadata(directory)
     backend = meta.get("backend")
-    if MODEL_FILES.get(backend) != present[0]:
+    if not isinstance(backend, str) or MODEL_FILES.get(backend) != present[0]:
         raise ArtifactError(f"{directory}: model.json names backend {backend!r}, but the model file is {present[0]}")
-    try:
-        specs = tuple(InputSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in meta["inputs"])
-        mode = meta["quantization"]["mode"]
-    except (KeyError, TypeError):
-        raise ArtifactError(f"{directory}: {META} lacks 'inputs' or 'quantization.mode'") from None
+    specs, mode = _saved_inputs(directory, meta)
     payload = (directory / present[0]).read_bytes()
     try:
         model = Int8Model(backend=backend, mode=mode, inputs=specs, payload=payload, num_threads=num_threads)
     except ValueError as err:  # a pickle inside the .pt2 archive, or ONNX inputs that disagree with model.json
         raise ArtifactError(f"{directory}: {err}") from None
+    except HybridError:
+        raise
+    except Exception as err:  # noqa: BLE001 - hashed bytes that are no model: ONNX Runtime raises its own types
+        detail = " ".join(str(err).split())[:300]
+        raise ArtifactError(f"{directory}: {present[0]} is not a loadable {backend} model: {detail}") from err
     return model, meta
+
+
+def _saved_inputs(directory: Path, meta: dict[str, Any]) -> tuple[tuple[InputSpec, ...], Literal["static", "dynamic"]]:
+    """The inputs and mode recorded in an int8 ``model.json``, checked for shape."""
+    rule = (f"{directory}: {META} must hold 'inputs' [{{name: str, shape: [int or null...], dtype: torch dtype}}...] "
+            "and 'quantization.mode' 'static' or 'dynamic'")
+    inputs, quantization = meta.get("inputs"), meta.get("quantization")
+    mode = quantization.get("mode") if isinstance(quantization, dict) else None
+    if mode not in ("static", "dynamic") or not isinstance(inputs, list) or not inputs:
+        raise ArtifactError(f"{rule}, but has inputs={inputs!r:.80} and quantization={quantization!r:.80}")
+    specs = []
+    for spec in inputs:
+        if not (
+            isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("shape"), list)
+            and all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) for d in spec["shape"])
+            and isinstance(spec.get("dtype"), str) and isinstance(getattr(torch, spec["dtype"], None), torch.dtype)
+        ):
+            raise ArtifactError(f"{rule}, but one input is {spec!r:.80}")
+        specs.append(InputSpec(spec["name"], tuple(spec["shape"]), spec["dtype"]))
+    return tuple(specs), mode
 
 
 # --- measuring -------------------------------------------------------------------------------------------

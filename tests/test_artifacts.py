@@ -16,14 +16,16 @@ from hybrid.artifacts import (
     META,
     WEIGHTS,
     ArtifactError,
+    copy_model,
     load_model,
     read_metadata,
     save_model,
     sha256_file,
+    update_metadata,
 )
 from hybrid.errors import HybridError
 from hybrid.models import CNN
-from hybrid.testing import tiny_cnn_config
+from hybrid.testing import minilm_dir, tiny_cnn_config
 
 
 @pytest.fixture
@@ -136,7 +138,7 @@ def test_manifest_that_leaves_out_the_weights_is_rejected(saved: tuple[Path, CNN
 def test_unreadable_manifest_is_an_artifact_error(saved: tuple[Path, CNN, torch.Tensor], text: str) -> None:
     directory = saved[0]
     (directory / MANIFEST).write_text(text)
-    with pytest.raises(ArtifactError, match=rf"{MANIFEST} is not a JSON object"):
+    with pytest.raises(ArtifactError, match=rf"{MANIFEST} must be (JSON|a JSON object)"):
         load_model(directory)
 
 
@@ -170,3 +172,229 @@ def test_wrapped_model_is_unwrapped(tmp_path: Path) -> None:
     loaded, _ = load_model(tmp_path)
     inputs = torch.rand(2, 64)
     assert torch.equal(loaded(inputs), model(inputs))
+
+
+# --- atomic writes ---------------------------------------------------------------------------------------
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_directory_intact(
+    saved: tuple[Path, CNN, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors.torch
+
+    directory, model, inputs = saved
+    before = _snapshot(directory)
+
+    def half_written(state: dict, path: str, *args: object, **kwargs: object) -> None:
+        Path(path).write_bytes(b"half a safetensors file")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_model(directory, CNN(tiny_cnn_config(batch_norm=True, head_width=8)), family="cnn", config=model.config)
+    assert _snapshot(directory) == before
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["model"]  # no temporary directory left behind
+    loaded, _ = load_model(directory)
+    assert torch.equal(loaded(inputs), model(inputs))
+
+
+def test_update_metadata_that_fails_midway_leaves_the_directory_intact(
+    saved: tuple[Path, CNN, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hybrid.artifacts
+
+    directory = saved[0]
+    before = _snapshot(directory)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # a signal between writing model.json and writing the manifest
+
+    monkeypatch.setattr(hybrid.artifacts, "_write_manifest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        update_metadata(directory, test_metrics={"accuracy": 1.0})
+    assert _snapshot(directory) == before
+    assert "test_metrics" not in read_metadata(directory)
+
+
+def test_update_metadata_adds_fields_and_keeps_the_directory_verifiable(saved: tuple[Path, CNN, torch.Tensor]) -> None:
+    directory = saved[0]
+    weights = (directory / WEIGHTS).read_bytes()
+    meta = update_metadata(directory, test_metrics={"accuracy": 0.75})
+    assert meta["test_metrics"] == {"accuracy": 0.75} and meta["epoch"] == 3
+    assert read_metadata(directory) == meta
+    assert (directory / WEIGHTS).read_bytes() == weights
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["model"]
+
+
+def test_copy_model_verifies_the_source_and_writes_the_target_whole(
+    saved: tuple[Path, CNN, torch.Tensor], tmp_path: Path
+) -> None:
+    directory, model, inputs = saved
+    meta = copy_model(directory, tmp_path / "teacher", trial_id="t1")
+    loaded, again = load_model(tmp_path / "teacher")
+    assert torch.equal(loaded(inputs), model(inputs)) and again == meta and meta["trial_id"] == "t1"
+    _flip_byte(directory / WEIGHTS, -1)
+    with pytest.raises(ArtifactError, match="changed or corrupted"):
+        copy_model(directory, tmp_path / "student")
+    assert not (tmp_path / "student").exists()
+    load_model(tmp_path / "teacher")  # a copy, not a second name of the changed file
+
+
+def test_saving_into_an_existing_empty_directory_works(tmp_path: Path) -> None:
+    # The training loop saves each epoch's checkpoint into a fresh tempfile.TemporaryDirectory.
+    import tempfile
+
+    torch.manual_seed(2)
+    model = CNN(tiny_cnn_config()).eval()
+    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+        save_model(tmp, model, family="cnn", config=model.config, epoch=1)
+        assert read_metadata(tmp)["epoch"] == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_that_is_not_a_model_directory_is_never_replaced(tmp_path: Path) -> None:
+    model = CNN(tiny_cnn_config()).eval()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match=r"holds files but no manifest.json: it is not a model directory"):
+        save_model(tmp_path, model, family="cnn", config=model.config)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ArtifactError, match="this is a link or a file"):
+        save_model(tmp_path / "link", model, family="cnn", config=model.config)
+
+
+def test_a_config_naming_a_path_outside_is_refused_at_save(tmp_path: Path) -> None:
+    model = CNN(tiny_cnn_config()).eval()
+    config = {**to_dict(model.config), "init_from": "/runs/teacher"}
+    with pytest.raises(ArtifactError, match=r"config.init_from names '/runs/teacher', outside it"):
+        save_model(tmp_path / "m", model, family="cnn", config=config)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_a_writer_killed_with_sigkill_leaves_the_previous_directory_intact(
+    saved: tuple[Path, CNN, torch.Tensor],
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from hybrid._atomic import TMP_MARK, remove_debris
+
+    directory, model, inputs = saved
+    before = _snapshot(directory)
+    child = f"""
+import os, signal
+import safetensors.torch
+from hybrid.artifacts import save_model
+from hybrid.models import CNN
+from hybrid.testing import minilm_dir, tiny_cnn_config
+
+def killed(state, path, *args, **kwargs):
+    with open(path, "wb") as fh:
+        fh.write(b"half a safetensors file")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+safetensors.torch.save_file = killed
+model = CNN(tiny_cnn_config(batch_norm=True, head_width=8))
+save_model({str(directory)!r}, model, family="cnn", config=model.config)
+"""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert _snapshot(directory) == before
+    loaded, _ = load_model(directory)
+    assert torch.equal(loaded(inputs), model(inputs))
+    assert [p for p in directory.parent.iterdir() if TMP_MARK in p.name]  # the killed writer's half directory
+    assert remove_debris(directory.parent) == 1
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["model"]
+
+
+# --- BERT: self-contained model directories --------------------------------------------------------------
+
+MINILM = minilm_dir()
+needs_minilm = pytest.mark.skipif(MINILM is None, reason="all-MiniLM-L6-v2 not installed (scripts/setup.sh)")
+
+
+def _bert_config(**overrides: object) -> object:
+    from hybrid.models import model_config
+
+    return model_config("bert", {"pretrained_dir": str(MINILM), "dropout": 0.0, **overrides})
+
+
+def _bert_batch() -> dict[str, torch.Tensor]:
+    ids = torch.tensor([[101, 2307, 3185, 102], [101, 2307, 102, 0]])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+@needs_minilm
+def test_a_saved_student_does_not_depend_on_its_teacher(tmp_path: Path) -> None:
+    import shutil
+
+    from hybrid.distill import student_config
+    from hybrid.models import create_model
+
+    teacher = create_model("bert", config=_bert_config(num_layers=2)).eval()
+    save_model(tmp_path / "teacher", teacher, family="bert", config=teacher.config)
+    config = student_config("bert", read_metadata(tmp_path / "teacher")["config"], {}, width_multiplier=0.5,
+                            teacher_dir=tmp_path / "teacher")
+    assert config.init_from == str((tmp_path / "teacher").resolve())  # the student starts from the teacher...
+    student = create_model("bert", config=config).eval()
+    save_model(tmp_path / "student", student, family="bert", config=config)
+    saved = read_metadata(tmp_path / "student")["config"]
+    # ...but its saved directory names neither the teacher nor any path outside itself
+    assert saved["init_from"] is None and saved["pretrained_dir"] == "encoder"
+    assert not [v for v in json.dumps(saved).split('"') if str(tmp_path) in v]
+    shutil.rmtree(tmp_path / "teacher")
+    loaded, _ = load_model(tmp_path / "student")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**_bert_batch()), student(**_bert_batch()))
+
+
+@needs_minilm
+@pytest.mark.parametrize(
+    ("attack", "message"),
+    [
+        ("absolute-pretrained-dir", r"config.pretrained_dir names '/"),
+        ("init-from-teacher", r"config.init_from names '/"),
+        ("tampered-tokenizer", r"encoder/tokenizer.json has SHA-256 .* changed or corrupted"),
+        ("unlisted-encoder-file", r"'encoder/pytorch_model.bin' is not"),
+        ("encoder-symlinked-out", r"'encoder' is a symbolic link"),
+        ("encoder-removed", r"encoder/config.json is listed in the manifest but missing"),
+    ],
+)
+def test_bert_directory_attacks_are_refused(tmp_path: Path, attack: str, message: str) -> None:
+    import shutil
+
+    from hybrid.models import create_model
+
+    model = create_model("bert", config=_bert_config(num_layers=1)).eval()
+    directory = save_model(tmp_path / "m", model, family="bert", config=model.config)
+    meta_path, encoder = directory / META, directory / "encoder"
+    meta = json.loads(meta_path.read_text())
+    if attack == "absolute-pretrained-dir":
+        meta["config"]["pretrained_dir"] = str(MINILM)
+    elif attack == "init-from-teacher":
+        meta["config"]["init_from"] = str(tmp_path / "teacher")
+    elif attack == "tampered-tokenizer":
+        _flip_byte(encoder / "tokenizer.json", 10)
+    elif attack == "unlisted-encoder-file":
+        shutil.copyfile(MINILM / "model.safetensors", encoder / "pytorch_model.bin")
+    elif attack == "encoder-symlinked-out":
+        shutil.move(encoder, tmp_path / "encoder")
+        encoder.symlink_to(tmp_path / "encoder", target_is_directory=True)
+    elif attack == "encoder-removed":
+        shutil.rmtree(encoder)
+    if attack in ("absolute-pretrained-dir", "init-from-teacher"):
+        meta_path.write_text(json.dumps(meta))
+        files = json.loads((directory / MANIFEST).read_text())
+        files["files"][META] = sha256_file(meta_path)  # re-hashed: only the self-containment rule can refuse it
+        (directory / MANIFEST).write_text(json.dumps(files))
+    with pytest.raises(ArtifactError, match=message):
+        load_model(directory)

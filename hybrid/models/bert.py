@@ -332,8 +332,29 @@ def student_layers(encoder_dir: str | Path, fraction: float) -> list[int]:
 
 
 def localize(config: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """Resolve a saved model's relative ``pretrained_dir`` against its directory."""
-    path = Path(config.get("pretrained_dir", ""))
-    if config.get("pretrained_dir") and not path.is_absolute():
-        return {**config, "pretrained_dir": str(directory / path)}
-    return config
+    """Resolve a saved model's ``pretrained_dir`` (a sub-directory, ``encoder``) against its directory.
+
+    Raises:
+        ArtifactError: If the saved config names ``init_from`` (its weights are already in the directory),
+            or ``pretrained_dir`` is not a relative path inside the directory holding a ``config.json``.
+    """
+    from hybrid.artifacts import META, ArtifactError, path_problem
+
+    if config.get("init_from"):
+        raise ArtifactError(
+            f"{directory}: a saved model holds its own weights, so {META}'s config.init_from must be null, but it "
+            f"is {config['init_from']!r}; re-save the model with hybrid"
+        )
+    name = config.get("pretrained_dir")
+    problem = path_problem(name)
+    if problem is not None:
+        raise ArtifactError(
+            f"{directory}: {META}'s config.pretrained_dir must name a sub-directory of the model directory "
+            f"('{ENCODER_DIR}' when hybrid saves it), but {problem}"
+        )
+    if not (directory / name / "config.json").is_file():
+        raise ArtifactError(
+            f"{directory}: {META}'s config.pretrained_dir is {name!r}, but {name}/config.json is missing: the "
+            "model directory is incomplete (an int8 model is saved with assets_from=<its float model directory>)"
+        )
+    return {**config, "pretrained_dir": str(directory / name)}
