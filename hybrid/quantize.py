@@ -635,8 +635,6 @@ def quantize_student(
     The gate's reference is the teacher's accuracy on the validation split, measured here as the int8
     model is. ``out_dir`` is written whole or not at all.
     """
-    import shutil
-
     from hybrid import _atomic
     from hybrid.artifacts import load_model, model_collate, read_metadata
     from hybrid.measure import measure_model, side_by_side
@@ -656,11 +654,8 @@ def quantize_student(
         reference_accuracy=reference, input_columns=columns,
     )
     shipped = {k: v for k, v in read_metadata(student_dir).items() if k in ("normalizer", "label_names", "max_seq_length")}
-    with _atomic.replace_dir(out_dir) as tmp:
-        for asset in student_dir.iterdir():  # files beside the weights (a tokenizer) travel with the int8 model
-            if asset.is_dir():
-                shutil.copytree(asset, tmp / asset.name)
-        save_quantized(tmp, result.model, family=family, config=meta["config"], **shipped)
+    with _atomic.replace_dir(out_dir) as tmp:  # a fresh directory: nothing of an earlier attempt stays
+        save_quantized(tmp, result.model, family=family, config=meta["config"], assets_from=student_dir, **shipped)
     report = measure_model(result.model, out_dir, datasets["test"], num_classes=num_classes,
                            eval_batch_size=eval_batch_size, file_bytes=result.model.size_bytes)
     versus = side_by_side(
