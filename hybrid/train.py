@@ -38,6 +38,9 @@ from hybrid.train_state import (
     TrainState,
     improves,
     load_train_state,
+    read_train_state,
+    run_differences,
+    run_identity,
     save_train_state,
 )
 
@@ -274,12 +277,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
 
-    state = TrainState()
+    identity = run_identity(loop_config)
+    state = TrainState(run=identity)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
+            saved = read_train_state(directory)
+            differences = run_differences(saved.run, identity) if saved is not None else []
+            if differences:
+                raise TrainingError(
+                    f"the run storage {Path(checkpoint.path).parent} holds checkpoints of a different run "
+                    f"({', '.join(differences[:5])} differ); train under a new name to start afresh"
+                )
             state = load_train_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
                                      scaler=scaler, rank=rank, device=device)
+        state.run = identity
     start_epoch = state.epoch
 
     train_shard = ray.train.get_dataset_shard("train")

@@ -180,10 +180,34 @@ class TrainState:
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     """Every finished epoch's reported metrics."""
+    run: dict[str, Any] | None = None
+    """What the run trains (see :func:`same_run`): a checkpoint only resumes the run that wrote it."""
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "best_value": self.best_value, "best_epoch": self.best_epoch,
-                "history": _jsonable(self.history)}
+                "history": _jsonable(self.history), "run": _jsonable(self.run)}
+
+
+def run_identity(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a training run's spec a resume must match: all of it but ``train.max_epochs``
+    (a run may be extended), as plain JSON data."""
+    identity = {k: v for k, v in spec.items()}
+    identity["train"] = {k: v for k, v in dict(spec.get("train", {})).items() if k != "max_epochs"}
+    return json.loads(json.dumps(_jsonable(identity)))
+
+
+def run_differences(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two :func:`run_identity` values (empty: same run)."""
+    if saved is None:
+        return ["(no record of the run that wrote it)"]
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += [f"{key}.{sub}" for sub in run_differences(a, b)]
+        elif a != b:
+            out.append(key)
+    return out
 
 
 def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -224,13 +248,17 @@ def save_train_state(
     return out
 
 
+def _state(meta: Mapping[str, Any]) -> TrainState:
+    return TrainState(epoch=int(meta["epoch"]), best_value=meta.get("best_value"), best_epoch=meta.get("best_epoch"),
+                      history=list(meta.get("history", [])), run=meta.get("run"))
+
+
 def read_train_state(directory: str | Path) -> TrainState | None:
     """Epoch, best and history of a checkpoint (no tensors); None when it holds no readable state."""
     meta = _atomic.read_json(Path(directory) / STATE_DIR / STATE_JSON, what="training state")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return None
-    return TrainState(epoch=int(meta["epoch"]), best_value=meta.get("best_value"), best_epoch=meta.get("best_epoch"),
-                      history=list(meta.get("history", [])))
+    return _state(meta)
 
 
 def load_train_state(
@@ -275,5 +303,4 @@ def load_train_state(
     if rng_file.is_file():
         rng_meta = json.loads((state_dir / f"rng.rank{rank}.json").read_text())
         set_rng_state(load_file(str(rng_file)), rng_meta, device)
-    return TrainState(epoch=int(meta["epoch"]), best_value=meta.get("best_value"), best_epoch=meta.get("best_epoch"),
-                      history=list(meta.get("history", [])))
+    return _state(meta)

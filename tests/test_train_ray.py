@@ -114,4 +114,9 @@ def test_a_second_fit_with_the_same_name_resumes_and_continues_the_straight_curv
     assert best == tmp_path / "resumed" / f"epoch_{best_epoch:04d}" / "model"
     _, meta = load_model(best)
     assert meta["epoch"] == best_epoch
+
+    # the same name with a different run (another learning rate) is refused, never silently resumed
+    changed = dataclasses.replace(_spec(3), train={**_spec(3).train, "lr": 1e-2})
+    with pytest.raises(Exception, match="holds checkpoints of a different run"):
+        build_trainer(changed, datasets, storage_path=tmp_path, name="resumed").fit()
     assert sorted(p.name for p in best.iterdir()) == ["manifest.json", "model.json", "model.safetensors"]

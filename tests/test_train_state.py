@@ -26,6 +26,8 @@ from hybrid.train_state import (
     improves,
     load_train_state,
     read_train_state,
+    run_differences,
+    run_identity,
     save_train_state,
     unflatten_optimizer_state,
 )
@@ -172,3 +174,15 @@ def test_best_index_agrees_with_the_marks_the_loop_reports() -> None:
             best = value if improves(value, best, "max") else best
         history = [{"m": v} for v in values]
         assert max(marks) == best_index(history, "m", "max") + 1
+
+
+def test_run_identity_ignores_max_epochs_and_names_what_differs() -> None:
+    from hybrid.train import LoopSpec
+
+    spec = LoopSpec(model_name="cnn", model={"base_channels": 4}, train={"lr": 0.1, "max_epochs": 3}, num_classes=3,
+                    train_rows=10, metadata={"label_names": ("a", "b")})
+    same = run_identity({**spec.to_dict(), "train": {"lr": 0.1, "max_epochs": 9}})
+    assert run_differences(run_identity(spec.to_dict()), same) == []  # extending a run resumes it
+    other = run_identity({**spec.to_dict(), "train": {"lr": 0.2, "max_epochs": 3}, "distill": {"alpha": 0.5}})
+    assert run_differences(run_identity(spec.to_dict()), other) == ["distill", "train.lr"]
+    assert run_differences(None, same) == ["(no record of the run that wrote it)"]
