@@ -2,8 +2,10 @@
 
 Each worker reads its shard with ``iter_torch_batches``, trains with the configured optimiser,
 schedule, accumulation and precision, then evaluates on its validation shard. Confusion matrices
-are summed across workers, so the reported metrics are exact for any number of workers. Rank 0
-writes a checkpoint (safetensors + JSON) with every report.
+are summed across workers, so the reported metrics are exact for any number of workers. Every
+epoch ends with a checkpoint ``epoch_<NNNN>/`` (safetensors + JSON, see :mod:`hybrid.train_state`):
+the model under ``model/`` and everything needed to continue the run under ``train_state/``, so a
+run killed at any moment resumes from its last finished epoch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +31,18 @@ from hybrid.errors import TrainingError
 from hybrid.metrics import classification_metrics, confusion_matrix
 from hybrid.models import collate_fn, create_model, get_family, model_config
 from hybrid.schedules import build_scheduler
+from hybrid.train_state import (
+    MODEL_DIR,
+    NEW_BEST,
+    START_EPOCH,
+    TrainState,
+    improves,
+    load_train_state,
+    read_train_state,
+    run_differences,
+    run_identity,
+    save_train_state,
+)
 
 if TYPE_CHECKING:
     import ray.data
@@ -51,6 +65,10 @@ class LoopSpec:
     """Extra fields written into every checkpoint's ``model.json`` (normaliser, label names...)."""
     distill: dict[str, Any] | None = None
     """``alpha`` and ``temperature`` when training a student on a ``teacher_logits`` column."""
+    metric: str = "val_accuracy"
+    """Validation metric that picks the run's best epoch (and so the checkpoint Ray keeps)."""
+    mode: Literal["min", "max"] = "max"
+    """Whether ``metric`` is minimised or maximised."""
 
     def to_dict(self) -> dict[str, Any]:
         """The ``train_loop_config`` handed to ``TorchTrainer``."""
@@ -233,7 +251,12 @@ def _all_reduce_sum(array: np.ndarray) -> np.ndarray:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point: build the model from ``loop_config`` (a :class:`LoopSpec`) and train it."""
+    """Ray Train entry point: build the model from ``loop_config`` (a :class:`LoopSpec`) and train it.
+
+    When Ray hands the run a checkpoint (``ray.train.get_checkpoint()``: the run's storage already
+    holds one, because it was killed or stopped), the model, optimiser, LR schedule, grad scaler,
+    RNG, best-so-far and history are restored from it and training continues at the next epoch.
+    """
     import ray.train
     import ray.train.torch
 
@@ -257,9 +280,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
 
+    identity = run_identity(loop_config)
+    state = TrainState(run=identity)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            saved = read_train_state(directory)
+            differences = run_differences(saved.run, identity) if saved is not None else []
+            if differences:
+                raise TrainingError(
+                    f"the run storage {Path(checkpoint.path).parent} holds checkpoints of a different run "
+                    f"({', '.join(differences[:5])} differ); train under a new name to start afresh"
+                )
+            state = load_train_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                                     scaler=scaler, rank=rank, device=device)
+        state.run = identity
+    start_epoch = state.epoch
+
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    for epoch in range(config.max_epochs):
+    for epoch in range(start_epoch, config.max_epochs):
         t0 = time.perf_counter()
         batches = train_shard.iter_torch_batches(
             batch_size=config.batch_size,
@@ -274,6 +314,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         train_time = time.perf_counter() - t0
         val_batches = val_shard.iter_torch_batches(batch_size=config.eval_batch_size, collate_fn=collate)
+        cm: list[list[int]] | None = None
         if family.task == "spans":
             sums = _all_reduce_sum(evaluate_span_batches(
                 model, val_batches, columns=family.input_columns, device=device, config=config,
@@ -286,48 +327,75 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "lr": float(scheduler.get_last_lr()[0]), "epoch_time_s": time.perf_counter() - t0,
                 "train_samples_per_s": float(seen_all[1] / train_time) if train_time > 0 else 0.0,
             }
-            _report(rank, model, spec, arch, epoch, metrics, scores, None)
-            continue
-        cm, loss_sum, n_val = evaluate_batches(
-            model, val_batches,
-            num_classes=spec.num_classes, columns=family.input_columns, device=device, config=config,
+        else:
+            matrix, loss_sum, n_val = evaluate_batches(
+                model, val_batches,
+                num_classes=spec.num_classes, columns=family.input_columns, device=device, config=config,
+            )
+            totals = _all_reduce_sum(np.concatenate([matrix.ravel(), [loss_sum, n_val, train_loss * seen, seen]]))
+            k = spec.num_classes * spec.num_classes
+            matrix, (loss_sum, n_val, train_loss_sum, seen_all) = (
+                totals[:k].reshape(matrix.shape).astype(np.int64), totals[k:])
+            scores = classification_metrics(matrix)
+            cm = matrix.tolist()
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": float(train_loss_sum / max(seen_all, 1)),
+                "val_loss": float(loss_sum / max(n_val, 1)),
+                **{f"val_{name}": value for name, value in scores.items()},
+                "lr": float(scheduler.get_last_lr()[0]),
+                "epoch_time_s": time.perf_counter() - t0,
+                "train_samples_per_s": float(seen_all / train_time) if train_time > 0 else 0.0,
+            }
+        _mark_best(state, metrics, spec, epoch + 1, start_epoch)
+        _report(rank, model, spec, arch, epoch, metrics, scores, cm, state=state, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, device=device)
+
+
+def _mark_best(state: TrainState, metrics: dict[str, Any], spec: LoopSpec, epoch: int, start_epoch: int) -> None:
+    """Add :data:`NEW_BEST` and :data:`START_EPOCH` to ``metrics`` and move ``state`` past this epoch."""
+    value = metrics.get(spec.metric)
+    if value is None:
+        raise TrainingError(
+            f"the tuned metric {spec.metric!r} is not among the metrics this model reports: {sorted(metrics)}"
         )
-        totals = _all_reduce_sum(np.concatenate([cm.ravel(), [loss_sum, n_val, train_loss * seen, seen]]))
-        k = spec.num_classes * spec.num_classes
-        cm, (loss_sum, n_val, train_loss_sum, seen_all) = totals[:k].reshape(cm.shape).astype(np.int64), totals[k:]
-        scores = classification_metrics(cm)
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": float(train_loss_sum / max(seen_all, 1)),
-            "val_loss": float(loss_sum / max(n_val, 1)),
-            **{f"val_{name}": value for name, value in scores.items()},
-            "lr": float(scheduler.get_last_lr()[0]),
-            "epoch_time_s": time.perf_counter() - t0,
-            "train_samples_per_s": float(seen_all / train_time) if train_time > 0 else 0.0,
-        }
-        _report(rank, model, spec, arch, epoch, metrics, scores, cm.tolist())
+    new_best = improves(float(value), state.best_value, spec.mode)
+    if new_best:
+        state.best_value, state.best_epoch = float(value), epoch
+    metrics[NEW_BEST] = epoch if new_best else -1
+    metrics[START_EPOCH] = start_epoch
+    state.epoch = epoch
+    state.history.append(dict(metrics))
 
 
 def _report(
     rank: int, model: nn.Module, spec: LoopSpec, arch: Any, epoch: int, metrics: dict[str, float],
-    scores: dict[str, float], cm: list[list[int]] | None,
+    scores: dict[str, float], cm: list[list[int]] | None, *, state: TrainState, optimizer: torch.optim.Optimizer,
+    scheduler: Any, scaler: torch.amp.GradScaler | None, device: torch.device,
 ) -> None:
-    """Report one epoch's metrics to Ray Train, with a checkpoint written by rank 0."""
+    """Report one epoch's metrics to Ray Train with a checkpoint ``epoch_<NNNN>``: the model and the
+    training state from rank 0, each worker's RNG state from that worker."""
     import ray.train
+    from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
         if rank == 0:
             from hybrid.artifacts import save_model
-            from ray.train import Checkpoint
 
             extra = {"val_confusion_matrix": cm} if cm is not None else {}
             save_model(
-                tmp, model, family=spec.model_name, config=arch, epoch=epoch + 1,
+                Path(tmp) / MODEL_DIR, model, family=spec.model_name, config=arch, epoch=epoch + 1,
                 val_metrics=scores, train=spec.train, **extra, **spec.metadata,
             )
-            checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        save_train_state(tmp, state, optimizer=optimizer if rank == 0 else None, scheduler=scheduler,
+                         scaler=scaler, rank=rank, device=device)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=checkpoint_name(epoch + 1))
+
+
+def checkpoint_name(epoch: int) -> str:
+    """Directory name of the checkpoint written after ``epoch`` (1-based) in a run's storage."""
+    return f"epoch_{epoch:04d}"
 
 
 def build_trainer(
@@ -337,17 +405,27 @@ def build_trainer(
     storage_path: str | Path,
     name: str,
     metric: str = "val_accuracy",
-    mode: str = "max",
+    mode: Literal["min", "max"] = "max",
     callbacks: Sequence[Any] = (),
 ) -> Any:
     """A ``TorchTrainer`` running :func:`train_loop_per_worker` on ``datasets['train']`` and ``['val']``.
 
-    Keeps only the best checkpoint by ``metric``; a failure is not retried (a diverged trial
-    should fail, not restart).
+    The run's storage is ``storage_path/name``. If that already holds checkpoints of this loop (an
+    earlier fit with the same ``storage_path`` and ``name`` was killed or stopped), Ray hands the
+    latest one to the loop, which **resumes** from it (model, optimiser, schedule, RNG, history) and
+    trains only the remaining epochs. To start from scratch, pass a name (or storage) not used before;
+    nothing else reuses old checkpoints.
+
+    Ray keeps two checkpoints: the latest (for resuming) and the best epoch by ``metric`` (ties go to
+    the earlier epoch, see :func:`hybrid.train_state.best_index`); :func:`best_model_dir` finds the
+    latter's model. A failure is not retried (a diverged run should fail, not restart).
     """
+    import dataclasses
+
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    spec = dataclasses.replace(spec, metric=metric, mode=mode)
     config = from_dict(TrainConfig, spec.train, prefix="train")
     return TorchTrainer(
         train_loop_per_worker,
@@ -361,13 +439,32 @@ def build_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),
+            # The NEW_BEST mark is the epoch number of each strict improvement: the largest is the
+            # earliest best epoch, the very one hybrid records. Ray also keeps the latest checkpoint.
             checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+                num_to_keep=1, checkpoint_score_attribute=NEW_BEST, checkpoint_score_order="max"
             ),
             failure_config=FailureConfig(max_failures=0),
             callbacks=list(callbacks),
         ),
     )
+
+
+def best_model_dir(result: Any, *, what: str = "the run") -> Path:
+    """The model directory of a finished ``TorchTrainer`` fit's best epoch.
+
+    Raises:
+        TrainingError: If the fit failed, reported no checkpoint, or the checkpoint is gone from disk.
+    """
+    if result.error is not None:
+        raise TrainingError(f"{what} failed: {result.error}")
+    best = result.best_checkpoints[-1][0] if result.best_checkpoints else result.checkpoint
+    if best is None:
+        raise TrainingError(f"{what} reported no checkpoint")
+    directory = checkpoint_dir(best)
+    if not directory.is_dir():
+        raise TrainingError(f"{what}: its best checkpoint {directory} is missing from disk")
+    return directory
 
 
 @dataclass
@@ -412,5 +509,9 @@ def evaluate(
 
 
 def checkpoint_dir(checkpoint: Checkpoint | str) -> Path:
-    """Local directory of a Ray Train checkpoint (or a path string reported to Tune)."""
-    return Path(checkpoint if isinstance(checkpoint, str) else checkpoint.path)
+    """The model directory inside a Ray Train checkpoint of this loop (or a path string reported to Tune).
+
+    The checkpoint also holds the optimiser and RNG state (``train_state/``): adopt only this directory.
+    """
+    path = Path(checkpoint if isinstance(checkpoint, str) else checkpoint.path)
+    return path / MODEL_DIR if (path / MODEL_DIR).is_dir() or not path.exists() else path

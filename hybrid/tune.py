@@ -4,53 +4,53 @@ Each trial is a function that builds and fits a ``TorchTrainer`` (Ray Train V2) 
 reports to Tune with ``TuneReportCallback``. The trial itself reserves no CPU (only a little
 memory), so each trial's training workers get the CPUs. A trial that raises (a diverged loss, an
 invalid sampled config) is recorded as failed and the search goes on.
+
+A tune survives being killed at any moment (SIGKILL of the whole process tree included): the
+Optuna study lives in SQLite, every trial's record is rewritten after each epoch, and every epoch
+ends with a checkpoint of the whole training state. Run again with the same fingerprint, it keeps
+the finished trials as they are, continues each trial that was in flight from its last epoch, replays
+ASHA's rungs, and runs only the trials still missing. See :mod:`hybrid.tune_records` for the files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from hybrid._dataclass_io import to_dict
+from hybrid import _atomic
 from hybrid.config import Config
 from hybrid.errors import TrainingError
-from hybrid.search_space import apply_params, check_search_space, load_search_space
-from hybrid.train import LoopSpec, build_trainer
+from hybrid.search_space import check_search_space, load_search_space
+from hybrid.tune_records import (
+    TrialRecord,
+    TrialStatus,
+    TunePaths,
+    history_row,
+    make_record,
+    pick_best,
+    read_records,
+    trial_name,
+    write_record,
+)
 
 if TYPE_CHECKING:
+    import optuna
     import ray.data
+
+    from hybrid._tune_ray import Prior, ResumableASHA
+
+__all__ = ["TrialRecord", "TrialStatus", "TuneResult", "default_concurrency", "error_text", "tune"]
 
 log = logging.getLogger(__name__)
 
-TrialStatus = Literal["completed", "pruned", "failed"]
 _TRIAL_MEMORY_BYTES = 256 * 1024**2  # the trial actor only waits on its trainer
-_PARAM_PREFIX = "params."
-
-
-@dataclass
-class TrialRecord:
-    """One trial: what was sampled, how far it got and what it scored."""
-
-    trial_id: str
-    params: dict[str, Any]
-    """Sampled values by dotted config key."""
-    status: TrialStatus
-    """``completed`` ran every epoch, ``pruned`` was stopped early by ASHA (or the time budget)."""
-    epochs: int
-    history: list[dict[str, float]]
-    """Every epoch's reported metrics."""
-    best: dict[str, float] = field(default_factory=dict)
-    """Metrics of the trial's best epoch by the tuned metric."""
-    checkpoint_path: str | None = None
-    """Checkpoint of the best epoch (None for a failed trial)."""
-    error: str | None = None
-    duration_s: float = 0.0
+STUDY_NAME = "hybrid"
+_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
 
 
 @dataclass
@@ -64,16 +64,21 @@ class TuneResult:
 
     @property
     def best_checkpoint(self) -> Path:
-        """Directory of the best checkpoint (a hybrid model directory)."""
-        if self.best.checkpoint_path is None:
-            raise TrainingError("the best trial has no checkpoint")
-        return Path(self.best.checkpoint_path)
+        """Model directory of the best trial's best epoch (weights, model.json, manifest; no optimiser state).
+
+        Raises:
+            TrainingError: If the best trial has no checkpoint on disk.
+        """
+        path = self.best.checkpoint_path
+        if path is None or not Path(path).is_dir():
+            raise TrainingError(f"trial {self.best.trial_id}: the checkpoint of its best epoch is missing at {path}")
+        return Path(path)
 
     def counts(self) -> dict[str, int]:
         """Trials by status."""
         out = {"trials": len(self.trials), "completed": 0, "pruned": 0, "failed": 0}
         for trial in self.trials:
-            out[trial.status] += 1
+            out[trial.status] = out.get(trial.status, 0) + 1
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -96,88 +101,18 @@ def default_concurrency(*, cpus: float, gpus: float, cpus_per_trial: int, gpus_p
     return max(1, fits)
 
 
-def _run_trial(
-    params: dict[str, Any],
-    *,
-    config: Config,
-    spec_fields: dict[str, Any],
-    datasets: dict[str, Any],
-    storage_path: str,
-) -> None:
-    """Tune trainable: fit one ``TorchTrainer`` with the sampled ``params`` applied."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    quiet_ray_data()
-    trial_config = apply_params(config, params)
-    spec = LoopSpec(
-        model_name=trial_config.model_name,
-        model=to_dict(trial_config.model),
-        train=to_dict(trial_config.train),
-        **spec_fields,
-    )
-    trial_id = ray.tune.get_context().get_trial_id()
-    trainer = build_trainer(
-        spec,
-        datasets,
-        storage_path=storage_path,  # absolute: a trial runs in a working dir of Tune's
-        name=f"trial_{trial_id}",
-        metric=config.tune.metric,
-        mode=config.tune.mode,
-        callbacks=[TuneReportCallback()],
-    )
-    trainer.fit()
-
-
-class _Progress:
-    """Tune callback printing one line per finished trial (built lazily: needs ray.tune)."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from ray.tune import Callback
-
-        class Progress(Callback):
-            def __init__(self, total: int, metric: str, max_epochs: int, echo: Callable[[str], None]) -> None:
-                self.total, self.metric, self.max_epochs, self.echo = total, metric, max_epochs, echo
-                self.done, self.started = 0, time.perf_counter()
-
-            def __getstate__(self) -> dict[str, Any]:
-                # Tune pickles its callbacks with the experiment state; the echo function may not pickle.
-                return {**self.__dict__, "echo": None}
-
-            def _line(self, trial: Any, status: str) -> None:
-                self.done += 1
-                result = trial.last_result or {}
-                epochs = result.get("training_iteration", 0)
-                value = result.get(self.metric)
-                score = f"{self.metric}={value:.4f}" if isinstance(value, float) else "no result"
-                params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(trial.config.items()))
-                (self.echo or print)(
-                    f"[tune {self.done}/{self.total} {time.perf_counter() - self.started:6.0f}s] trial {trial.trial_id} "
-                    f"{status} after {epochs}/{self.max_epochs} epochs: {score} ({params})"
-                )
-
-            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                epochs = (trial.last_result or {}).get("training_iteration", 0)
-                self._line(trial, "completed" if epochs >= self.max_epochs else "pruned")
-
-            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                self._line(trial, "FAILED")
-
-        return Progress(*args, **kwargs)
-
-
 def quiet_ray_data() -> None:
     """Turn off Ray Data's per-dataset progress bars: with one split per epoch they flood the log."""
-    from ray.data import DataContext
+    from hybrid._tune_ray import quiet_ray_data as quiet
 
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    ctx.print_on_execution_start = False
+    quiet()
 
 
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+def error_text(error: BaseException | str) -> str:
+    """The most specific line of a trial's error (Ray wraps the worker's exception in its own)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    ours = [line for line in lines if "Error:" in line and not line.startswith("ray.")]
+    return (ours[-1] if ours else lines[0] if lines else type(error).__name__)[:500]
 
 
 def tune(
@@ -186,34 +121,49 @@ def tune(
     *,
     train_rows: int,
     metadata: dict[str, Any],
+    run_dir: Path,
+    fingerprint: str,
     echo: Callable[[str], None] = print,
 ) -> TuneResult:
     """Search ``config.tune.search_space`` with Optuna TPE + ASHA, one ``TorchTrainer`` per trial.
+
+    Owns ``run_dir/tune/`` and ``run_dir/trials/``. When ``run_dir/tune/fingerprint`` holds
+    ``fingerprint``, the tune found there is resumed: finished trials are kept untouched, trials in
+    flight continue from their last epoch checkpoint, and only the missing trials are added.
+    Otherwise both directories are wiped and a fresh search starts.
 
     Args:
         config: The whole run config; ``model`` and ``train`` give the values not searched.
         datasets: ``train`` and ``val`` Ray datasets.
         train_rows: Rows of the training split (sizes the learning-rate schedule).
         metadata: Extra fields for every checkpoint (normaliser, label names...).
+        run_dir: The run directory.
+        fingerprint: Identifies everything the tune depends on (config, data, search space, code);
+            equal fingerprints mean the tune on disk may be resumed.
         echo: Where progress lines go.
 
     Returns:
-        Every trial's record and the best one.
+        Every trial's record (ordered by trial number) and the best one.
 
     Raises:
         ConfigError: If the search space does not fit the config.
-        TrainingError: If every trial failed.
+        TrainingError: If every trial failed, or the best trial's checkpoint is missing.
     """
     import optuna
     import ray
     from ray import tune as rt
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from hybrid import _tune_ray
 
     quiet_ray_data()
     space = load_search_space(config.tune.search_space)
     check_search_space(space, config)
     tc, train_cfg = config.tune, config.train
+    paths = TunePaths(Path(run_dir).resolve())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, storage = _open_study(paths, fingerprint, config, echo)
+    plan = _plan(study, paths, config)
+    to_run = tc.num_samples - len(plan.kept)
     free = ray.available_resources()
     concurrency = tc.max_concurrent or default_concurrency(
         cpus=free.get("CPU", 0.0),
@@ -225,107 +175,208 @@ def tune(
         f"[tune] {tc.num_samples} trials, {concurrency} at a time, up to {train_cfg.max_epochs} epochs each, "
         f"ASHA grace {tc.grace_period} / reduction {tc.reduction_factor}, optimising {tc.metric} ({tc.mode})"
     )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(
-        space=space,
-        metric=tc.metric,
-        mode=tc.mode,
-        sampler=optuna.samplers.TPESampler(seed=tc.seed, n_startup_trials=tc.n_startup_trials),
-    )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=train_cfg.max_epochs,
-        grace_period=min(tc.grace_period, train_cfg.max_epochs),
-        reduction_factor=tc.reduction_factor,
-    )
-    trainable = rt.with_resources(
-        rt.with_parameters(
-            _run_trial,
-            config=config,
-            spec_fields={"num_classes": config.data.num_classes, "train_rows": train_rows, "metadata": metadata},
-            datasets={"train": datasets["train"], "val": datasets["val"]},
-            storage_path=str(config.run_dir.resolve() / "train"),
-        ),
-        {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES},
-    )
-    run_dir = config.run_dir.resolve()
-    tuner = rt.Tuner(
-        trainable,
-        tune_config=rt.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            metric=tc.metric,
-            mode=tc.mode,
-            num_samples=tc.num_samples,
-            max_concurrent_trials=concurrency,
-            time_budget_s=tc.time_budget_s,
-        ),
-        run_config=rt.RunConfig(
-            name="tune",
-            storage_path=str(run_dir),
-            verbose=0,
-            callbacks=[_Progress(tc.num_samples, tc.metric, train_cfg.max_epochs, echo)],
-            failure_config=rt.FailureConfig(max_failures=0),
-        ),
-    )
-    grid = tuner.fit()
-    trials = [_record(result, config) for result in grid]
-    _write_trials(trials, run_dir / "trials")
-    scored = [t for t in trials if t.best and t.checkpoint_path]
-    if not scored:
-        errors = "; ".join(f"{t.trial_id}: {t.error}" for t in trials if t.error)[:2000]
-        raise TrainingError(f"all {len(trials)} trials failed; first errors: {errors}")
-    sign = 1 if tc.mode == "max" else -1
-    best = max(scored, key=lambda t: sign * t.best[tc.metric])
+    if plan.kept or plan.resume:
+        continuing = ", ".join(f"{tid} from epoch {plan.prior[tid].epoch}" for tid, _ in plan.resume)
+        echo(f"[tune] resuming in {paths.tune}: {len(plan.kept)} finished trials kept"
+             + (f"; continuing {continuing}" if continuing else "")
+             + f"; {max(0, to_run - len(plan.resume))} new")
+    if to_run > 0:
+        searcher = _tune_ray.ResumableOptunaSearch(
+            space=space, metric=tc.metric, mode=tc.mode, storage=storage, study_name=STUDY_NAME,
+            sampler=_tune_ray.SeededTPESampler(seed=tc.seed, n_startup_trials=tc.n_startup_trials),
+            resume=[storage_id for _, storage_id in plan.resume], paths=paths,
+        )
+        recorder = _tune_ray.TrialRecorder(
+            paths=paths, metric=tc.metric, mode=tc.mode, max_epochs=train_cfg.max_epochs, total=tc.num_samples,
+            done=len(plan.kept), prior=plan.prior, echo=echo,
+        )
+        trainable = rt.with_resources(
+            rt.with_parameters(
+                _tune_ray.run_trial,
+                config=config,
+                spec_fields={"num_classes": config.data.num_classes, "train_rows": train_rows, "metadata": metadata},
+                datasets={"train": datasets["train"], "val": datasets["val"]},
+                storage_path=str(paths.train),
+            ),
+            {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES},
+        )
+        shutil.rmtree(paths.ray, ignore_errors=True)  # Tune's own experiment files: scratch, never resumed
+        rt.Tuner(
+            trainable,
+            tune_config=rt.TuneConfig(
+                search_alg=searcher,
+                scheduler=plan.scheduler,  # metric and mode live in the searcher and the scheduler
+                num_samples=to_run,
+                max_concurrent_trials=concurrency,
+                time_budget_s=tc.time_budget_s,
+            ),
+            run_config=rt.RunConfig(
+                name="search",
+                storage_path=str(paths.ray),
+                verbose=0,
+                callbacks=[recorder],
+                failure_config=rt.FailureConfig(max_failures=0),
+            ),
+        ).fit()
+    records = read_records(paths)
+    numbers = sorted(t.number for t in study.get_trials(deepcopy=False))
+    trials = [records[trial_name(n)] for n in numbers if trial_name(n) in records]
+    best = pick_best(trials, metric=tc.metric, mode=tc.mode)
     return TuneResult(trials=trials, best=best, metric=tc.metric, mode=tc.mode)
 
 
-def _record(result: Any, config: Config) -> TrialRecord:
-    """Turn one Tune ``Result`` into a :class:`TrialRecord`."""
-    frame = result.metrics_dataframe
-    history = [] if frame is None else frame.to_dict("records")
-    metric, sign = config.tune.metric, (1 if config.tune.mode == "max" else -1)
-    rows = [r for r in history if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
-    best_row = max(rows, key=lambda r: sign * r[metric]) if rows else {}
-    epochs = int(max((r.get("training_iteration", 0) for r in history), default=0))
-    params = {k: v for k, v in (result.config or {}).items()}
-    status: TrialStatus
-    if result.error is not None:
-        status = "failed"
-    elif epochs >= config.train.max_epochs:
-        status = "completed"
-    else:
-        status = "pruned"
-    keep = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_precision", "val_macro_recall",
-            "val_macro_f1", "val_exact_match", "val_f1", "lr", "epoch_time_s", "train_samples_per_s", "training_iteration", "time_total_s")
-    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-    return TrialRecord(
-        trial_id=str(trial_id),
-        params=params,
-        status=status,
-        epochs=epochs,
-        history=[{k: _plain(r[k]) for k in keep if k in r} for r in history],
-        best={k: _plain(best_row[k]) for k in keep if k in best_row},
-        checkpoint_path=best_row.get("checkpoint_path"),
-        error=None if result.error is None else _error_text(result.error),
-        duration_s=float(max((r.get("time_total_s", 0.0) for r in history), default=0.0)),
+def _open_study(
+    paths: TunePaths, fingerprint: str, config: Config, echo: Callable[[str], None]
+) -> tuple[optuna.Study, Any]:
+    """Open the study of the tune with ``fingerprint``; wipe the tune first when the fingerprint differs
+    (or the study cannot be read). Returns ``(study, storage)``."""
+    import optuna
+
+    from hybrid._tune_ray import SeededTPESampler
+
+    tc = config.tune
+    for attempt in range(2):
+        previous = paths.fingerprint.read_text(encoding="utf-8") if paths.fingerprint.is_file() else None
+        if previous != fingerprint or attempt:
+            if previous is not None or paths.trials.exists():
+                echo(f"[tune] starting a fresh search in {paths.tune}: "
+                     + ("the study could not be read" if attempt else "the run's inputs changed since the last tune"))
+            paths.wipe()
+            _atomic.write_text(paths.fingerprint, fingerprint)
+        try:
+            storage = optuna.storages.RDBStorage(f"sqlite:///{paths.study}")
+            study = optuna.create_study(
+                storage=storage, study_name=STUDY_NAME, load_if_exists=True,
+                direction="maximize" if tc.mode == "max" else "minimize",
+                sampler=SeededTPESampler(seed=tc.seed, n_startup_trials=tc.n_startup_trials),
+            )
+            return study, storage
+        except Exception as err:  # a corrupt SQLite file: start over once, else let it raise
+            if attempt:
+                raise
+            log.warning("could not read the Optuna study %s (%s): starting a fresh search", paths.study, err)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _Plan:
+    """What a (re-)run of a tune does with the trials it finds."""
+
+    kept: list[TrialRecord] = field(default_factory=list)
+    """Finished trials: counted, never run again."""
+    resume: list[tuple[str, int]] = field(default_factory=list)
+    """In-flight trials to continue: ``(trial id, Optuna storage id)``."""
+    prior: dict[str, Prior] = field(default_factory=dict)
+    scheduler: ResumableASHA | None = None
+
+
+def _plan(study: optuna.Study, paths: TunePaths, config: Config) -> _Plan:
+    """Sort the study's trials into kept and in flight, mend what a kill left half-written, and build
+    the ASHA scheduler with every recorded rung replayed."""
+    from hybrid._tune_ray import Prior, ResumableASHA
+    from ray.tune.schedulers import TrialScheduler
+
+    tc, max_epochs = config.tune, config.train.max_epochs
+    metric, mode = tc.metric, tc.mode
+    records = read_records(paths)
+    plan, in_flight = _Plan(), []
+    record_args = {"paths": paths, "metric": metric, "mode": mode, "max_epochs": max_epochs}
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        tid, record = trial_name(trial.number), records.get(trial_name(trial.number))
+        if trial.state.is_finished():
+            if record is None or not record.final:  # killed between telling Optuna and writing the record
+                state = _latest_state(paths, tid, wipe=False)
+                history = state.history if state else (record.history if record else [])
+                failed = trial.state == trial.state.FAIL
+                record = make_record(tid, params=trial.params, history=history, status="failed" if failed else None,
+                                     error="not recorded: the tune was killed as this trial failed" if failed else None,
+                                     **record_args)
+                write_record(paths, record)
+            plan.kept.append(record)
+        elif record is not None and record.final:  # killed between writing the record and telling Optuna
+            _tell(study, trial.number, record, metric)
+            plan.kept.append(record)
+        else:
+            in_flight.append((trial, record))
+
+    replay = {r.trial_id: _points(r.history, metric) for r in plan.kept}
+    undecided = {}
+    for trial, record in in_flight:
+        tid = trial_name(trial.number)
+        state = _latest_state(paths, tid, wipe=True)
+        epoch = state.epoch if state else 0
+        history = [history_row(r) for r in state.history] if state else []
+        recorded = {r.get("epoch") for r in record.history} if record else set()
+        resumed_from = (record.resumed_from if record else []) + ([epoch] if record or epoch else [])
+        plan.prior[tid] = Prior(epoch=epoch, history=history, resumed_from=resumed_from,
+                                duration_s=record.duration_s if record else 0.0)
+        points = _points(history, metric)
+        if epoch and epoch not in recorded:  # Tune had not acted on this epoch's result when the kill came
+            undecided[tid] = points.pop() if points else (epoch, math.nan)
+        replay[tid] = points
+        write_record(paths, make_record(tid, params=trial.params, history=history, status="running",
+                                        duration_s=plan.prior[tid].duration_s, resumed_from=resumed_from,
+                                        **record_args))
+    plan.scheduler = ResumableASHA(
+        replay=replay, time_attr="epoch", metric=metric, mode=mode, max_t=max_epochs,
+        grace_period=min(tc.grace_period, max_epochs), reduction_factor=tc.reduction_factor,
     )
+    for trial, record in in_flight:
+        tid = trial_name(trial.number)
+        prior = plan.prior[tid]
+        if tid in undecided:
+            stop = plan.scheduler.decide(tid, *undecided[tid]) == TrialScheduler.STOP
+        else:
+            stop = prior.epoch >= max_epochs
+        if stop:  # it had ended; only the news had not reached Tune
+            record = make_record(tid, params=trial.params, history=prior.history, status=None,
+                                 duration_s=prior.duration_s, resumed_from=record.resumed_from if record else [],
+                                 **record_args)
+            write_record(paths, record)
+            _tell(study, trial.number, record, metric)
+            plan.kept.append(record)
+            del plan.prior[tid]
+        else:
+            plan.resume.append((tid, trial._trial_id))
+    plan.kept.sort(key=lambda r: r.trial_id)
+    return plan
 
 
-def _error_text(error: BaseException) -> str:
-    """The most specific line of a trial's error (Ray wraps the worker's exception in its own)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    ours = [line for line in lines if "Error:" in line and not line.startswith("ray.")]
-    return (ours[-1] if ours else lines[0] if lines else type(error).__name__)[:500]
+def _points(history: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
+    return [(int(r["epoch"]), float(r[metric])) for r in history if "epoch" in r and metric in r]
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python numbers for JSON."""
-    return value.item() if hasattr(value, "item") else value
+def _tell(study: optuna.Study, number: int, record: TrialRecord, metric: str) -> None:
+    """Tell Optuna how trial ``number`` ended, as Ray's ``OptunaSearch`` would have (its last value)."""
+    from optuna.trial import TrialState
+
+    last = record.history[-1].get(metric) if record.history else None
+    if record.status == "failed":
+        study.tell(number, state=TrialState.FAIL)
+    elif last is None:
+        study.tell(number, state=TrialState.PRUNED)
+    else:
+        study.tell(number, last, state=TrialState.COMPLETE)
 
 
-def _write_trials(trials: list[TrialRecord], directory: Path) -> None:
-    """One JSON file per trial: sampled config, status, every epoch's metrics."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for trial in trials:
-        (directory / f"{trial.trial_id}.json").write_text(json.dumps(to_dict(trial), indent=2) + "\n")
+def _latest_state(paths: TunePaths, trial_id: str, *, wipe: bool) -> Any:
+    """The training state of trial ``trial_id``'s latest checkpoint: the one Ray Train will hand back.
+
+    With ``wipe``, storage Ray could not resume from (no or unreadable run snapshot, a checkpoint it
+    lists gone, no training state) is removed, so the trial restarts from epoch 0 instead of failing.
+    """
+    from hybrid.train_state import read_train_state
+
+    storage = paths.train / trial_id
+    snapshot = _atomic.read_json(storage / _SNAPSHOT, what="Ray Train run snapshot")
+    state = None
+    try:
+        names = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
+        latest = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+        if all((storage / name).is_dir() for name in [*names, latest]):
+            state = read_train_state(storage / latest)
+    except (KeyError, TypeError):
+        state = None
+    if state is None and wipe and storage.exists():
+        shutil.rmtree(storage, ignore_errors=True)
+    return state

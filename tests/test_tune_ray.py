@@ -29,10 +29,11 @@ def test_diverging_trial_fails_and_the_search_goes_on(runtime, tmp_path):
         model=tiny_cnn_config(),
         data=DataConfig(image_size=8, num_classes=3),
         train=TrainConfig(max_epochs=2, batch_size=32, optimizer="sgd", eval_batch_size=64),
-        # seed 0: Optuna's first three random samples are 1e12, 0.05, 1e12
-        tune=TuneConfig(search_space=str(space), num_samples=3, seed=0, n_startup_trials=3, grace_period=2),
+        # seed 1: trials 0, 1, 2 draw 1e12, 0.05, 1e12 (each trial's draw depends on (seed, number) only)
+        tune=TuneConfig(search_space=str(space), num_samples=3, seed=1, n_startup_trials=3, grace_period=2),
     )
-    result = tune(config, toy_datasets(), train_rows=600, metadata={}, echo=lambda line: None)
+    result = tune(config, toy_datasets(), train_rows=600, metadata={}, run_dir=config.run_dir, fingerprint="one",
+                  echo=lambda line: None)
 
     statuses = {t.params["train.lr"]: t.status for t in result.trials}
     assert len(result.trials) == 3
@@ -46,5 +47,8 @@ def test_diverging_trial_fails_and_the_search_goes_on(runtime, tmp_path):
     model, meta = load_model(result.best_checkpoint)
     assert meta["val_metrics"]["accuracy"] == pytest.approx(result.best.best["val_accuracy"])
     records = sorted((tmp_path / "runs" / "toy" / "trials").glob("*.json"))
-    assert len(records) == 3
-    assert {json.loads(p.read_text())["status"] for p in records} == {"failed", "completed"}
+    assert [p.name for p in records] == ["t0000.json", "t0001.json", "t0002.json"]
+    assert [json.loads(p.read_text())["status"] for p in records] == ["failed", "completed", "failed"]
+    assert result.best.trial_id == "t0001"
+    assert result.best_checkpoint == config.run_dir.resolve() / "tune" / "train" / "t0001" / (
+        f"epoch_{result.best.best['epoch']:04d}") / "model"
