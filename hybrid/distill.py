@@ -226,10 +226,9 @@ def distill(
     """
     from hybrid._dataclass_io import to_dict
     from hybrid.artifacts import read_metadata
-    from hybrid.errors import TrainingError
     from hybrid.ingest_checks import check_trainable
     from hybrid.models import get_family
-    from hybrid.train import LoopSpec, build_trainer, checkpoint_dir
+    from hybrid.train import LoopSpec, build_trainer, best_model_dir
 
     teacher = read_metadata(teacher_dir)
     family = teacher["family"]
@@ -258,12 +257,8 @@ def distill(
     )
     result = build_trainer(spec, {"train": train, "val": datasets["val"]}, storage_path=storage_dir.parent,
                            name=storage_dir.name, metric=config.tune.metric, mode=config.tune.mode).fit()
-    if result.error is not None:
-        raise TrainingError(f"distill: the student's training failed: {result.error}") from result.error
-    best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
-    if best is None:
-        raise TrainingError(f"distill: the student's training under {storage_dir} left no checkpoint")
-    return DistillResult(checkpoint=checkpoint_dir(best), student_config=to_dict(student), train=to_dict(train_cfg),
+    best = best_model_dir(result, what=f"distill: the student's training under {storage_dir}")
+    return DistillResult(checkpoint=best, student_config=to_dict(student), train=to_dict(train_cfg),
                          teacher_logits_s=logits_s)
 
 
