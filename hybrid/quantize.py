@@ -613,7 +613,9 @@ class StudentInt8:
 
     def model_block(self) -> dict[str, Any]:
         """The ``models.student_int8`` block of ``summary.json``."""
-        meta = json.loads((self.directory / META).read_text())
+        from hybrid.artifacts import read_metadata
+
+        meta = read_metadata(self.directory)
         return {**self.report.block(), "path": str(self.directory), "family": meta["family"],
                 "backend": self.result.backend, "passed_gate": self.result.passed_gate,
                 "val": {"accuracy": self.result.candidates[self.result.backend].accuracy}}
