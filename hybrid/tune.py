@@ -236,7 +236,10 @@ def _open_study(
 
     tc = config.tune
     for attempt in range(2):
-        previous = paths.fingerprint.read_text(encoding="utf-8") if paths.fingerprint.is_file() else None
+        try:
+            previous: str | None = paths.fingerprint.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            previous = None
         if previous != fingerprint or attempt:
             if previous is not None or paths.trials.exists():
                 echo(f"[tune] starting a fresh search in {paths.tune}: "
