@@ -26,7 +26,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from hybrid.tune_records import TrialRecord, TunePaths, make_record, trial_name, write_record
+from hybrid.tune_records import TrialRecord, TunePaths, error_text, make_record, trial_name, write_record
 
 TRIAL_KEY = "__trial_id"
 """Hidden key of every trial config: the stable trial id (not a searched parameter)."""
@@ -201,8 +201,6 @@ class TrialRecorder(Callback):
         self._line(self._record(trial, None))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from hybrid.tune import error_text
-
         self._line(self._record(trial, "failed", error=error_text(_trial_error(trial))))
 
     def _line(self, record: TrialRecord) -> None:

@@ -30,6 +30,7 @@ from hybrid.tune_records import (
     TrialRecord,
     TrialStatus,
     TunePaths,
+    error_text,
     history_row,
     make_record,
     pick_best,
@@ -106,13 +107,6 @@ def quiet_ray_data() -> None:
     from hybrid._tune_ray import quiet_ray_data as quiet
 
     quiet()
-
-
-def error_text(error: BaseException | str) -> str:
-    """The most specific line of a trial's error (Ray wraps the worker's exception in its own)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    ours = [line for line in lines if "Error:" in line and not line.startswith("ray.")]
-    return (ours[-1] if ours else lines[0] if lines else type(error).__name__)[:500]
 
 
 def tune(
@@ -236,7 +230,10 @@ def _open_study(
 
     tc = config.tune
     for attempt in range(2):
-        previous = paths.fingerprint.read_text(encoding="utf-8") if paths.fingerprint.is_file() else None
+        try:
+            previous: str | None = paths.fingerprint.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            previous = None
         if previous != fingerprint or attempt:
             if previous is not None or paths.trials.exists():
                 echo(f"[tune] starting a fresh search in {paths.tune}: "

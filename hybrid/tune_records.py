@@ -117,6 +117,13 @@ class TrialRecord:
         return self.status in FINAL
 
 
+def error_text(error: BaseException | str) -> str:
+    """The most specific line of a trial's error (Ray wraps the worker's exception in its own)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    ours = [line for line in lines if "Error:" in line and not line.startswith("ray.")]
+    return (ours[-1] if ours else lines[0] if lines else type(error).__name__)[:500]
+
+
 def history_row(metrics: dict[str, Any]) -> dict[str, Any]:
     """The part of one reported epoch a record keeps (validation metrics and the fixed keys)."""
     return {k: _plain(v) for k, v in metrics.items() if k in _KEEP or k.startswith("val_")}
