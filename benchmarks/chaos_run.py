@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -55,35 +56,42 @@ def _cmd(config: str, runs_dir: Path, name: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "hybrid", "run", config, *[a for s in sets for a in ("--set", s)]]
 
 
-def _kill_tree(pid: int) -> None:
+def _kill_tree(pid: int) -> tuple[list[Any], set[str]]:
+    """SIGKILL ``pid`` and every process below it at once; returns them and the Ray sessions they served."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return
+        return [], set()
+    sessions = set()
+    for proc in procs:
+        try:
+            sessions.update(re.findall(r"session_\d{4}-\d\d-\d\d_[\d_-]+", " ".join(proc.cmdline())))
+        except psutil.Error:
+            pass
     for proc in procs:  # all at once, the way a node's death or an OOM killer takes a process group
         try:
             proc.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
     psutil.wait_procs(procs, timeout=30)
+    return procs, sessions
 
 
-def _leftovers(before: set[int]) -> list[str]:
-    """Ray and Java processes alive now that were not alive before the attempt started."""
+def _leftovers(procs: list[Any], sessions: set[str]) -> list[str]:
+    """Processes of the killed tree, or of its Ray sessions, still alive (orphans the kill did not reach)."""
     import psutil
 
-    names = ("raylet", "gcs_server", "java", "ray::", "dashboard", "runtime_env", "default_worker", "log_monitor")
-    out = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        if proc.pid in before:
+    out = {p.pid: p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(name in " ".join(proc.info["cmdline"] or ()) for name in sessions):
+                out[proc.pid] = proc
+        except psutil.Error:
             continue
-        text = f"{proc.info['name']} {' '.join(proc.info['cmdline'] or ())}"
-        if any(n in text for n in names) and proc.info["name"] not in ("bash", "flock"):
-            out.append(f"{proc.pid}:{proc.info['name']}")
-    return out
+    return [f"{pid}:{proc.name()}" for pid, proc in out.items() if proc.is_running()]
 
 
 def _trials(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -99,9 +107,6 @@ def _trials(run_dir: Path) -> dict[str, dict[str, Any]]:
 def _attempt(cmd: list[str], *, target: str | None, max_delay_s: float, rng: random.Random,
              run_dir: Path) -> dict[str, Any]:
     """Run once; kill inside ``target`` (None: run to the end). Returns what was seen."""
-    import psutil
-
-    before = {p.pid for p in psutil.process_iter()}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     started: dict[str, float] = {}
@@ -124,14 +129,17 @@ def _attempt(cmd: list[str], *, target: str | None, max_delay_s: float, rng: ran
                 seen["delay_s"] = round(delay, 1)
             if delay is not None and time.monotonic() - started[target] >= delay:
                 seen["trials"] = _trials(run_dir)
-                _kill_tree(proc.pid)
+                killed, sessions = _kill_tree(proc.pid)
                 seen["killed"] = True
                 break
             time.sleep(0.1)
     proc.wait()
     reader.join(timeout=10)
-    time.sleep(3)  # the reaper (if it survived) and the kernel finish their work
-    seen["leftovers"] = _leftovers(before)
+    if seen["killed"]:
+        time.sleep(3)  # the kernel finishes its work
+        seen["leftovers"] = _leftovers(killed, sessions)
+    else:
+        seen["leftovers"] = []
     seen["rc"] = proc.returncode
     seen["stages_started"] = list(started)
     seen["tail"] = lines[-5:]
