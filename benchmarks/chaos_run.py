@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import progress, render_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("ingest", "tune", "tune", "distill", "tune", "quantize", "score", "tune")
+TARGETS = ("ingest", "tune", "tune", "tune", "ingest", "distill", "quantize", "score")
 SLICE = [
     "data.max_train_rows=3000", "data.max_test_rows=1000", "tune.num_samples=4", "tune.max_concurrent=1",
     "tune.n_startup_trials=2", "tune.time_budget_s=null", "train.max_epochs=3", "distill.max_epochs=2",
@@ -146,6 +146,13 @@ def _attempt(cmd: list[str], *, target: str | None, max_delay_s: float, rng: ran
     return seen
 
 
+def _done(run_dir: Path, stage: str) -> bool:
+    """Whether ``stage`` will not run again (ingest runs while any stage that needs the data is pending)."""
+    if stage == "ingest":
+        return all((run_dir / "stages" / f"{s}.json").is_file() for s in ("tune", "distill", "quantize"))
+    return (run_dir / "stages" / f"{stage}.json").is_file()
+
+
 def _counts(summary: dict[str, Any]) -> dict[str, Any]:
     data, tune = summary.get("data") or {}, summary.get("tune") or {}
     return {
@@ -157,6 +164,16 @@ def _counts(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _show(value: Any) -> str:
+    """A value for the table: short ones as JSON, long ones (the teacher's config) by a digest."""
+    import hashlib
+
+    text = json.dumps(value, sort_keys=True)
+    if len(text) <= 60:
+        return text
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:12]} ({len(value)} keys)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/fashion_mnist.yaml")
@@ -164,19 +181,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-dir", default="/tmp/hybrid-chaos")
     parser.add_argument("--set", action="append", default=[], help="extra overrides for both runs")
+    parser.add_argument("--reuse-reference", action="store_true", help="keep a finished reference run in --runs-dir")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     runs = Path(args.runs_dir)
-    shutil.rmtree(runs, ignore_errors=True)
-
-    log("reference: one uninterrupted run")
-    t0 = time.perf_counter()
-    ref = _attempt(_cmd(args.config, runs, "reference", args.set), target=None, max_delay_s=0, rng=rng,
-                   run_dir=runs / "reference")
-    ref_s = time.perf_counter() - t0
-    if ref["rc"] != 0:
-        raise SystemExit("the reference run failed:\n" + "\n".join(ref["tail"]))
-    reference = json.loads((runs / "reference" / "summary.json").read_text())
+    shutil.rmtree(runs / "chaos", ignore_errors=True)
+    reference_file = runs / "reference" / "summary.json"
+    if not (args.reuse_reference and reference_file.is_file()):
+        shutil.rmtree(runs, ignore_errors=True)
+        log("reference: one uninterrupted run")
+        ref = _attempt(_cmd(args.config, runs, "reference", args.set), target=None, max_delay_s=0, rng=rng,
+                       run_dir=runs / "reference")
+        if ref["rc"] != 0:
+            raise SystemExit("the reference run failed:\n" + "\n".join(ref["tail"]))
+    reference = json.loads(reference_file.read_text())
+    ref_s = reference["durations_s"]["total"]
     durations = reference["durations_s"]
     log(f"reference done in {ref_s:.0f} s: " + ", ".join(f"{s} {durations.get(s, 0):.0f}s" for s in
                                                          ("ingest", "tune", "distill", "quantize", "score")))
@@ -189,6 +208,11 @@ def main() -> None:
     t0 = time.perf_counter()
     while len(kills) < args.kills and attempts < args.kills * 3:
         target = TARGETS[target_index % len(TARGETS)]
+        if _done(chaos_dir, target):  # a kill can only land in a stage that still runs
+            target_index += 1
+            if all(_done(chaos_dir, t) for t in TARGETS):
+                break
+            continue
         attempts += 1
         seen = _attempt(cmd, target=target, max_delay_s=0.8 * float(durations.get(target, 10)), rng=rng,
                         run_dir=chaos_dir)
@@ -199,10 +223,8 @@ def main() -> None:
                 f"leftover processes: {len(seen['leftovers'])}")
             target_index += 1
         elif seen["rc"] == 0:  # the stage was already done or ended first: the run finished; start over there
-            log(f"attempt {attempts}: {target} did not run or ended before the kill; the run completed")
-            target_index += 1
-            if target == "score":
-                break
+            log(f"attempt {attempts}: {target} ended before the kill; the run completed")
+            break
         else:
             log(f"attempt {attempts} failed on its own (rc {seen['rc']}): " + " | ".join(seen["tail"][-2:]))
             target_index += 1
@@ -237,7 +259,7 @@ def main() -> None:
     mine, theirs = _counts(summary), _counts(reference)
     print()
     print(render_table([["count", "reference", "after kills", "equal"]]
-                       + [[k, json.dumps(theirs[k]), json.dumps(mine[k]), str(theirs[k] == mine[k])] for k in mine],
+                       + [[k, _show(theirs[k]), _show(mine[k]), str(theirs[k] == mine[k])] for k in mine],
                        left=(0, 1, 2)))
     print()
     print(f"kills survived: {len(kills)} of {len(kills)} (attempts {attempts}); finished trials retrained: "

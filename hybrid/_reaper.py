@@ -82,9 +82,28 @@ def reap(pid: int, *, session_dir: str | None, token: str | None) -> int:
         for entry in Path(session_dir).parent.iterdir():
             if entry.is_symlink() and not entry.exists():
                 entry.unlink(missing_ok=True)
-    if token and not any(p.info["name"] == "gcs_server" for p in psutil.process_iter(["name"])):
+    if token and not _token_in_use(Path(token)):
         Path(token).unlink(missing_ok=True)
     return killed
+
+
+def _token_in_use(token: Path) -> bool:
+    """Whether another live Ray cluster on this host reads ``token`` (a gcs_server whose ``HOME`` holds it).
+
+    A cluster whose environment cannot be read counts as a reader: the token is then kept.
+    """
+    import psutil
+
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "gcs_server":
+            continue
+        try:
+            home = proc.environ().get("HOME")
+        except psutil.Error:
+            return True
+        if home is None or (Path(home) / ".ray" / "auth_token") == token:
+            return True
+    return False
 
 
 def main() -> int:
