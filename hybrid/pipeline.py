@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from hybrid import _atomic
+from hybrid._dataclass_io import to_dict
 from hybrid.config import Config, check_before_start
 from hybrid.errors import HybridError
 from hybrid.fingerprint import Fingerprint, input_files, stage_fingerprints
@@ -327,7 +328,7 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
                      train_rows=data.counts["train"], metadata=_metadata(data), storage_dir=storage / attempt,
                      echo=ctx.echo)
     student_dir, report, meta = _adopt(ctx, result.checkpoint, "student")
-    update_metadata(student_dir, test_metrics=report.test, distill=_plain(ctx.config.distill))
+    update_metadata(student_dir, test_metrics=report.test, distill=to_dict(ctx.config.distill))
     block = {**report.block(), "path": str(student_dir), "family": meta["family"], "config": meta["config"],
              "val": meta["val_metrics"]}
     ctx.echo(f"[distill] student test {headline(block['test'])}")
@@ -345,12 +346,6 @@ def _stage_quantize(ctx: _Run) -> dict[str, Any]:
         out_dir=ctx.run_dir / "student_int8", echo=ctx.echo,
     )
     return {"quantize": result.summary(), "models": {"student_int8": result.model_block()}}
-
-
-def _plain(obj: Any) -> Any:
-    from hybrid._dataclass_io import to_dict
-
-    return to_dict(obj)
 
 
 def shipped_model(run_dir: Path, config: Config, results: dict[str, dict[str, Any]]) -> tuple[str, Path]:
