@@ -43,12 +43,14 @@ from _table import progress, render_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("ingest", "tune", "tune", "tune", "ingest", "distill", "quantize", "score")
+NUM_SAMPLES = 4
 SLICE = [
-    "data.max_train_rows=3000", "data.max_test_rows=1000", "tune.num_samples=4", "tune.max_concurrent=1",
+    "data.max_train_rows=3000", "data.max_test_rows=1000", f"tune.num_samples={NUM_SAMPLES}", "tune.max_concurrent=1",
     "tune.n_startup_trials=2", "tune.time_budget_s=null", "train.max_epochs=3", "distill.max_epochs=2",
     "quantize.backend=onnxruntime",
 ]
 log = progress("chaos")
+LEFTOVER_GRACE_S = 15.0
 
 
 def _cmd(config: str, runs_dir: Path, name: str, extra: list[str]) -> list[str]:
@@ -136,8 +138,14 @@ def _attempt(cmd: list[str], *, target: str | None, max_delay_s: float, rng: ran
     proc.wait()
     reader.join(timeout=10)
     if seen["killed"]:
-        time.sleep(3)  # the kernel finishes its work
-        seen["leftovers"] = _leftovers(killed, sessions)
+        # A process forked in the instant of the kill (a Ray worker starting up) escapes the tree's
+        # snapshot; it counts only if it is still alive once its raylet has been gone for a while.
+        deadline = time.monotonic() + LEFTOVER_GRACE_S
+        while True:
+            seen["leftovers"] = _leftovers(killed, sessions)
+            if not seen["leftovers"] or time.monotonic() >= deadline:
+                break
+            time.sleep(1)
     else:
         seen["leftovers"] = []
     seen["rc"] = proc.returncode
@@ -214,8 +222,11 @@ def main() -> None:
                 break
             continue
         attempts += 1
-        seen = _attempt(cmd, target=target, max_delay_s=0.8 * float(durations.get(target, 10)), rng=rng,
-                        run_dir=chaos_dir)
+        max_delay = 0.8 * float(durations.get(target, 10))
+        if target == "tune":  # a resumed tune only has its unfinished trials left: aim inside what remains
+            finished = sum(1 for t in _trials(chaos_dir).values() if t["record"].get("status") != "running")
+            max_delay *= max(1, NUM_SAMPLES - finished) / NUM_SAMPLES
+        seen = _attempt(cmd, target=target, max_delay_s=max_delay, rng=rng, run_dir=chaos_dir)
         if seen["killed"]:
             kills.append(seen)
             log(f"kill {len(kills)}: in {target} after {seen['delay_s']} s; "
