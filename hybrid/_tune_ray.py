@@ -238,7 +238,7 @@ def run_trial(
 
     from hybrid._dataclass_io import to_dict
     from hybrid.search_space import apply_params
-    from hybrid.train import LoopSpec, build_trainer
+    from hybrid.train import LoopSpec, build_trainer, fit_resilient
 
     quiet_ray_data()
     params = dict(params)
@@ -248,8 +248,10 @@ def run_trial(
         model_name=trial_config.model_name, model=to_dict(trial_config.model), train=to_dict(trial_config.train),
         **spec_fields,
     )
-    trainer = build_trainer(
-        spec, datasets, storage_path=Path(storage_path), name=name,  # absolute: a trial runs in a dir of Tune's
-        metric=config.tune.metric, mode=config.tune.mode, callbacks=[TuneReportCallback()],
+    fit_resilient(
+        lambda: build_trainer(
+            spec, datasets, storage_path=Path(storage_path), name=name,  # absolute: a trial runs in a dir of Tune's
+            metric=config.tune.metric, mode=config.tune.mode, callbacks=[TuneReportCallback()],
+        ),
+        what=f"trial {name}", max_failures=config.runtime.max_failures,
     )
-    trainer.fit()

@@ -53,9 +53,13 @@ class RuntimeConfig:
     """Memory of the Spark driver JVM, e.g. ``2g``."""
     release_spark_for_training: bool = True
     """Stop Spark once the data sets are in Ray's object store, so training gets its CPUs back."""
+    max_failures: int = 3
+    """Times one training run (a trial, the student) is resumed from its last checkpoint after a lost node or
+    worker process; a diverged or failing training is never retried."""
 
     def __post_init__(self) -> None:
         require(self.num_cpus is None or self.num_cpus >= 1, f"num_cpus must be >= 1, but got {self.num_cpus}")
+        require(self.max_failures >= 0, f"max_failures must be >= 0, but got {self.max_failures}")
         require(self.spark_executors >= 1, f"spark_executors must be >= 1, but got {self.spark_executors}")
         require(
             self.spark_executor_cores >= 1,

@@ -228,7 +228,7 @@ def distill(
     from hybrid.artifacts import read_metadata
     from hybrid.ingest_checks import check_trainable
     from hybrid.models import get_family
-    from hybrid.train import LoopSpec, build_trainer, best_model_dir
+    from hybrid.train import LoopSpec, best_model_dir, build_trainer, fit_resilient
 
     teacher = read_metadata(teacher_dir)
     family = teacher["family"]
@@ -255,8 +255,11 @@ def distill(
         train_rows=train_rows, metadata=metadata,
         distill={"alpha": config.distill.alpha, "temperature": config.distill.temperature},
     )
-    result = build_trainer(spec, {"train": train, "val": datasets["val"]}, storage_path=storage_dir.parent,
-                           name=storage_dir.name, metric=config.tune.metric, mode=config.tune.mode).fit()
+    result = fit_resilient(
+        lambda: build_trainer(spec, {"train": train, "val": datasets["val"]}, storage_path=storage_dir.parent,
+                              name=storage_dir.name, metric=config.tune.metric, mode=config.tune.mode),
+        what="distill: the student's training", max_failures=config.runtime.max_failures, echo=echo,
+    )
     best = best_model_dir(result, what=f"distill: the student's training under {storage_dir}")
     return DistillResult(checkpoint=best, student_config=to_dict(student), train=to_dict(train_cfg),
                          teacher_logits_s=logits_s)

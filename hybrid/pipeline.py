@@ -46,6 +46,7 @@ from hybrid.config import Config, check_before_start
 from hybrid.errors import HybridError
 from hybrid.fingerprint import Fingerprint, input_files, stage_fingerprints
 from hybrid.monitor import PeakRSS, StageTimer
+from hybrid.placement import StagePlacement, cluster_block, epoch_nodes
 from hybrid.report import write_report
 from hybrid.rundir import StageStore, locked
 from hybrid.search_space import check_search_space, dump_search_space, load_search_space
@@ -208,9 +209,11 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
                 shutil.rmtree(run_dir / "tune", ignore_errors=True)  # a fresh search, not a resumed one
             ctx.begin(stage)
             echo(f"[run] {stage}: started")
+            where = StagePlacement()
+            where.start()
             with timer(stage):
                 result = _STAGE_FUNCS[stage](ctx)
-            ctx.commit(stage, {**result, "duration_s": timer.durations_s[stage]})
+            ctx.commit(stage, {**result, "duration_s": timer.durations_s[stage], "placement": where.stop()})
     timer.durations_s["total"] = round(time.perf_counter() - started, 3)
     summary = _summary(ctx, memory.peak_bytes)
     _atomic.write_json(run_dir / "summary.json", summary)
@@ -242,6 +245,8 @@ def _ingest(ctx: _Run) -> None:
     from hybrid.ingest import ingest
     from hybrid.ingest_checks import check_trainable_search
 
+    where = StagePlacement()
+    where.start()
     spark = ctx.spark()
     # Ingest is deterministic: running it again (to rebuild the in-memory Ray datasets) changes no
     # later stage's input unless its fingerprint changed, and then theirs changed too.
@@ -263,7 +268,7 @@ def _ingest(ctx: _Run) -> None:
         ctx.runtime.stop_spark()
     ctx.data = data
     ctx.commit("ingest", {"data": data.summary(), "durations_s": data.durations_s,
-                          "duration_s": ctx.timer.durations_s["ingest"]})
+                          "duration_s": ctx.timer.durations_s["ingest"], "placement": where.stop()})
 
 
 def _metadata(data: IngestResult) -> dict[str, Any]:
@@ -306,7 +311,7 @@ def _stage_tune(ctx: _Run) -> dict[str, Any]:
     return {
         "tune": result.summary(),
         "trials": [{"trial_id": t.trial_id, "status": t.status, "epochs": t.epochs, "params": t.params,
-                    "best": t.best, "error": t.error} for t in result.trials],
+                    "best": t.best, "error": t.error, "nodes": epoch_nodes(t.history)} for t in result.trials],
         "models": {"teacher": block},
     }
 
@@ -393,7 +398,7 @@ def _summary(ctx: _Run, peak_rss: int) -> dict[str, Any]:
     for stage in STAGES:
         block = results.get(stage, {})
         for key, value in block.items():
-            if key == "duration_s":
+            if key in ("duration_s", "placement"):
                 continue
             if key == "models":
                 summary["models"].update(value)
@@ -404,6 +409,8 @@ def _summary(ctx: _Run, peak_rss: int) -> dict[str, Any]:
     for key, value in results.get("ingest", {}).get("durations_s", {}).items():
         durations[f"ingest.{key}"] = round(value, 3)
     summary["durations_s"] = durations
+    summary["cluster"] = cluster_block({s: r["placement"] for s in ("ingest", *STAGES)
+                                        if "placement" in (r := results.get(s, {}))}, summary.get("trials", []))
     summary["peak_rss_bytes"] = peak_rss
     return summary
 

@@ -275,6 +275,10 @@ def start_ray(config: RuntimeConfig) -> Runtime:
         gcs_port = _free_port()
         env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{gcs_port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)
+    elif ":" in config.ray_address and "://" not in config.ray_address:
+        # Tell this job's workers which cluster is theirs (Train V2's placement-group cleaner and the
+        # state API otherwise scan the host for GCS processes, and give up when they find several).
+        env_vars["RAY_ADDRESS"] = config.ray_address
     t0 = time.perf_counter()
     try:
         ray.init(address=config.ray_address, **kwargs)

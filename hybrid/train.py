@@ -10,10 +10,11 @@ run killed at any moment resumes from its last finished epoch.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from hybrid.train_state import (
     run_identity,
     save_train_state,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import ray.data
@@ -347,6 +350,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "epoch_time_s": time.perf_counter() - t0,
                 "train_samples_per_s": float(seen_all / train_time) if train_time > 0 else 0.0,
             }
+        metrics["node_id"] = ray.get_runtime_context().get_node_id()  # rank 0's: where this epoch ran
         _mark_best(state, metrics, spec, epoch + 1, start_epoch)
         _report(rank, model, spec, arch, epoch, metrics, scores, cm, state=state, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, device=device)
@@ -448,6 +452,61 @@ def build_trainer(
             callbacks=list(callbacks),
         ),
     )
+
+
+_INFRA_ERRORS = (
+    # a worker's actor, process or node died, or its objects went with it (ray.exceptions)
+    "RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError", "WorkerCrashedError",
+    "ObjectLostError", "OwnerDiedError", "ObjectReconstructionFailedError", "LocalRayletDiedError",
+    # Ray Train V2: workers that stopped answering or could not be (re)started in time
+    "WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError", "WorkerGroupStartupTimeoutError",
+    "WorkerGroupStartupFailedError",
+)
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error``, the errors Ray Train wraps in it (per worker, the controller's), and their causes."""
+    out, todo = [], [error]
+    while todo:
+        err = todo.pop()
+        if err is None or any(err is seen for seen in out):
+            continue
+        out.append(err)
+        todo.extend(getattr(err, "worker_failures", {}).values())
+        todo.extend([getattr(err, "controller_failure", None), err.__cause__])
+    return out
+
+
+def is_infrastructure_failure(error: BaseException) -> bool:
+    """Whether a failed fit lost a node or worker process (retry from the checkpoint) rather than failed
+    in the training itself (a diverged loss, a bug: never retried).
+
+    One rank's death makes the others fail too (collective aborts, reset connections), so a lost worker
+    anywhere makes it an infrastructure failure, unless some rank raised hybrid's own training error.
+    """
+    causes = _causes(error)
+    if any(isinstance(c, TrainingError) for c in causes):
+        return False
+    return any(cls.__name__ in _INFRA_ERRORS for c in causes for cls in type(c).__mro__)
+
+
+def fit_resilient(make_trainer: Callable[[], Any], *, what: str, max_failures: int,
+                  echo: Callable[[str], None] | None = None) -> Any:
+    """``make_trainer().fit()``, started again from the run's last checkpoint after an infrastructure failure.
+
+    Each attempt builds a fresh trainer on the same storage, so Ray hands the loop the latest checkpoint and
+    it continues from there (see :func:`build_trainer`). A failure in the training itself is raised at once.
+    """
+    for attempt in range(max_failures + 1):
+        try:
+            return make_trainer().fit()
+        except Exception as err:
+            if attempt >= max_failures or not is_infrastructure_failure(err):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            (echo or log.warning)(f"{what}: lost a worker ({type(err).__name__}: {first[:200]}); resuming from its "
+                                  f"last checkpoint (retry {attempt + 1} of {max_failures})")
+    raise AssertionError("unreachable")
 
 
 def best_model_dir(result: Any, *, what: str = "the run") -> Path:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hybrid import _atomic
 from hybrid.config import Config
 from hybrid.errors import TrainingError
+from hybrid.placement import HEAD_RESOURCE
 from hybrid.search_space import check_search_space, load_search_space
 from hybrid.tune_records import (
     TrialRecord,
@@ -192,7 +193,9 @@ def tune(
                 datasets={"train": datasets["train"], "val": datasets["val"]},
                 storage_path=str(paths.train),
             ),
-            {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES},
+            # The trial's own actor only waits on its trainer: it sits on the head (Ray's marker resource,
+            # as Ray's state actors do), so a lost worker node takes the trial's workers, never the trial.
+            {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES, HEAD_RESOURCE: 0.001},
         )
         shutil.rmtree(paths.ray, ignore_errors=True)  # Tune's own experiment files: scratch, never resumed
         rt.Tuner(

@@ -28,7 +28,7 @@ from hybrid.train_state import MODEL_DIR, START_EPOCH, best_index
 TrialStatus = Literal["running", "completed", "pruned", "failed"]
 FINAL: tuple[TrialStatus, ...] = ("completed", "pruned", "failed")
 _ID = re.compile(r"t(\d{4,})")
-_KEEP = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "train_samples_per_s", START_EPOCH)
+_KEEP = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "train_samples_per_s", START_EPOCH, "node_id")
 
 
 def trial_name(number: int) -> str:
