@@ -40,7 +40,8 @@ class RuntimeConfig:
     """Where Ray runs and how Spark is laid on it through RayDP."""
 
     ray_address: str | None = None
-    """Address of an existing Ray cluster (``auto``, ``ray://host:10001``...); ``null`` starts a local Ray."""
+    """Address of an existing Ray cluster (``auto``, ``host:6379``, ``ray://host:10001``...); ``null`` (or
+    ``local``) starts hybrid's own local Ray, even beside a running cluster or with ``RAY_ADDRESS`` set."""
     num_cpus: int | None = None
     """CPUs of the local Ray (``null``: all of this machine's); ignored when connecting to a cluster."""
     spark_executors: int = 1

@@ -224,6 +224,7 @@ def distill(
     Raises:
         TrainingError: If training fails or leaves no checkpoint.
     """
+    from hybrid import cluster
     from hybrid._dataclass_io import to_dict
     from hybrid.artifacts import read_metadata
     from hybrid.ingest_checks import check_trainable
@@ -241,11 +242,17 @@ def distill(
     check_trainable({"train": train_rows}, batch_size=train_cfg.batch_size, num_workers=train_cfg.num_workers,
                     grad_accum_steps=train_cfg.grad_accum_steps)
     # One student, nothing beside it: give its workers the free CPUs of one node rather than a trial's share.
-    free = _cpus_per_node_free() // train_cfg.num_workers
+    nodes = cluster.inventory()
+    free = cluster.cpus_per_node_free(nodes) // train_cfg.num_workers
     train_cfg = dataclasses.replace(train_cfg, cpus_per_worker=max(train_cfg.cpus_per_worker, free))
+    cluster.check_fits("distill", cluster.worker_request(cpus=train_cfg.cpus_per_worker, use_gpu=train_cfg.use_gpu),
+                       count=train_cfg.num_workers, nodes=nodes, what="each of the student's training workers",
+                       fix="lower train.cpus_per_worker or train.num_workers")
+    logits_cpus = cluster.cpus_per_node_free(nodes)
+    cluster.check_fits("distill", {"CPU": float(logits_cpus)}, nodes=nodes, what="the teacher-logits actor")
     t0 = time.perf_counter()
     train = add_teacher_logits(datasets["train"], teacher_dir, input_columns=get_family(family).input_columns,
-                               batch_size=config.train.eval_batch_size, num_cpus=max(1, _cpus_per_node_free()))
+                               batch_size=config.train.eval_batch_size, num_cpus=logits_cpus)
     logits_s = time.perf_counter() - t0
     changed = {k: v for k, v in to_dict(student).items() if teacher["config"].get(k) != v}
     echo(f"[distill] teacher logits for {train_rows} rows in {logits_s:.1f} s; training the student "
@@ -263,12 +270,3 @@ def distill(
     best = best_model_dir(result, what=f"distill: the student's training under {storage_dir}")
     return DistillResult(checkpoint=best, student_config=to_dict(student), train=to_dict(train_cfg),
                          teacher_logits_s=logits_s)
-
-
-def _cpus_per_node_free() -> int:
-    """The most CPUs free on any one node: a request sized from the cluster's total may fit no node."""
-    import ray
-
-    per_node = [float(node.get("Resources", {}).get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")]
-    free = ray.available_resources().get("CPU", 0.0)
-    return max(1, int(min(free, max(per_node)) if per_node else free))

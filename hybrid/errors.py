@@ -30,6 +30,10 @@ class RuntimeStartError(HybridError, RuntimeError):
     """Ray or Spark-on-Ray could not be started or reached."""
 
 
+class ClusterFitError(HybridError, RuntimeError):
+    """A resource request fits no node of the Ray cluster (Ray would wait for it forever)."""
+
+
 class TrainingError(HybridError, RuntimeError):
     """Training failed in a way the user can act on (e.g. a non-finite loss)."""
 

@@ -95,13 +95,25 @@ class Runtime:
     _token_existed: bool = True
     _reaper: Any = None
     """The watcher that reaps this local Ray's processes if this process is killed (see hybrid._reaper)."""
+    _latest_before: Path | None = None
+    """Where ``/tmp/ray/session_latest`` pointed before our local Ray moved it (another cluster's session)."""
+    _user_ray_address: str | None = None
+    """A ``RAY_ADDRESS`` the user had set, held out of the environment while our local Ray runs."""
 
     def start_spark(self, app_name: str = "hybrid") -> SparkSession:
         """Start Spark on Ray through RayDP (no-op if already running) and return the session."""
         if self.spark is not None:
             return self.spark
         import raydp
+        from raydp.utils import parse_memory_size
 
+        from hybrid import cluster
+
+        # Each executor is a Ray actor holding its cores and its JVM's memory on one node.
+        executor = {"CPU": float(self.config.spark_executor_cores),
+                    "memory": float(parse_memory_size(self.config.spark_executor_memory))}
+        cluster.check_fits("spark", executor, count=self.config.spark_executors, what="each Spark executor",
+                           fix="lower runtime.spark_executor_cores, spark_executor_memory or spark_executors")
         t0 = time.perf_counter()
         try:
             self.spark = raydp.init_spark(
@@ -125,6 +137,7 @@ class Runtime:
 
         import ray
 
+        # A total on purpose: the executors' CPUs come back on whichever nodes they ran.
         freed = float(self.config.spark_executors * self.config.spark_executor_cores)
         target = min(ray.available_resources().get("CPU", 0.0) + freed, ray.cluster_resources().get("CPU", 0.0))
         with _quiet_stderr_fd():
@@ -158,6 +171,9 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     self._reaper.wait(timeout=5)
                 self._reaper = None
+            if self._user_ray_address is not None:
+                os.environ[_RAY_ADDRESS_ENV] = self._user_ray_address
+                self._user_ray_address = None
 
     def _remove_temp_files(self) -> None:
         # What our local Ray and RayDP left: our session dir, the Java core-worker library RayDP
@@ -180,6 +196,12 @@ class Runtime:
         for path in _ray_tmp_entries():
             if path.is_symlink() and not path.exists():
                 path.unlink(missing_ok=True)
+        # Our start moved session_latest off another cluster's live session: point it back.
+        latest = _RAY_TMP / "session_latest"
+        if self._latest_before is not None and self._latest_before.is_dir() and not latest.exists():
+            with contextlib.suppress(OSError):
+                latest.unlink(missing_ok=True)
+                latest.symlink_to(self._latest_before)
         if not self._token_existed and not _other_ray_running():
             _AUTH_TOKEN.unlink(missing_ok=True)
 
@@ -222,6 +244,18 @@ def _mapped_paths() -> set[str]:
 
 _RAY_TMP = Path("/tmp/ray")
 _AUTH_TOKEN = Path.home() / ".ray" / "auth_token"
+_RAY_ADDRESS_ENV = "RAY_ADDRESS"
+_LOCAL = (None, "local")
+"""``runtime.ray_address`` values that start hybrid's own local Ray."""
+
+
+def _session_latest() -> Path | None:
+    """The session directory ``/tmp/ray/session_latest`` points at now, if it is a live link."""
+    latest = _RAY_TMP / "session_latest"
+    with contextlib.suppress(OSError):
+        if latest.is_symlink() and latest.exists():
+            return latest.resolve()
+    return None
 
 
 def _ray_tmp_entries() -> set[Path]:
@@ -248,6 +282,13 @@ def _quiet_stderr_fd() -> Iterator[None]:
 def start_ray(config: RuntimeConfig) -> Runtime:
     """Connect to ``config.ray_address`` or start a local Ray sized by ``config.num_cpus``.
 
+    ``ray_address: null`` (or ``local``) always starts hybrid's own Ray, whatever else runs on the
+    host: Ray's ``address="local"``. A plain ``ray.init()`` would instead join the cluster named by a
+    ``RAY_ADDRESS`` variable or by ``/tmp/ray/ray_current_cluster`` (which ``ray start --head`` writes
+    and a killed head leaves behind), and then refuse ``num_cpus``. A ``RAY_ADDRESS`` the user set is
+    held out of the environment while the local Ray runs (so no process it starts can follow it) and
+    put back at shutdown; to run on that cluster, set ``runtime.ray_address: auto`` or its address.
+
     Raises:
         RuntimeStartError: If Ray cannot be started or reached.
     """
@@ -256,7 +297,8 @@ def start_ray(config: RuntimeConfig) -> Runtime:
     _set_process_env()
     if ray.is_initialized():
         return Runtime(config=config)
-    tmp_before, token_existed = _ray_tmp_entries(), _AUTH_TOKEN.exists()
+    local = config.ray_address in _LOCAL
+    tmp_before, token_existed, latest_before = _ray_tmp_entries(), _AUTH_TOKEN.exists(), _session_latest()
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     # For every Ray worker of this job: no Ray Data progress bars (Train re-runs a split per epoch
     # and each draws bars from an actor the driver cannot configure otherwise); locally, also
@@ -265,7 +307,8 @@ def start_ray(config: RuntimeConfig) -> Runtime:
     os.environ.update(env_vars)
     kwargs["runtime_env"] = {"env_vars": env_vars}
     gcs_port = None
-    if config.ray_address is None:
+    user_address = None
+    if local:
         env_vars["PYSPARK_PYTHON"] = sys.executable  # a cluster's nodes have their own interpreter path
         kwargs["include_dashboard"] = True  # Train V2 cleans up stopped trials through the state API
         kwargs["num_cpus"] = config.num_cpus or os.cpu_count() or 1
@@ -275,37 +318,45 @@ def start_ray(config: RuntimeConfig) -> Runtime:
         gcs_port = _free_port()
         env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{gcs_port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)
-    elif ":" in config.ray_address and "://" not in config.ray_address:
+        user_address = os.environ.pop(_RAY_ADDRESS_ENV, None) or None
+        if user_address is not None:
+            log.warning("RAY_ADDRESS=%s is set but runtime.ray_address is null: starting a local Ray; "
+                        "set runtime.ray_address to auto or that address to run on that cluster", user_address)
+    elif ":" in str(config.ray_address) and "://" not in str(config.ray_address):
         # Tell this job's workers which cluster is theirs (Train V2's placement-group cleaner and the
         # state API otherwise scan the host for GCS processes, and give up when they find several).
         env_vars["RAY_ADDRESS"] = config.ray_address
     t0 = time.perf_counter()
     try:
-        ray.init(address=config.ray_address, **kwargs)
+        ray.init(address="local" if local else config.ray_address, **kwargs)
     except Exception as err:
-        where = config.ray_address or "a local Ray"
+        if user_address is not None:
+            os.environ[_RAY_ADDRESS_ENV] = user_address
+        where = "a local Ray" if local else config.ray_address
         raise RuntimeStartError(f"could not start or reach {where}: {err}") from err
     finally:
         if gcs_port is not None:  # never leak into subprocesses, which start Rays of their own
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
     session_dir = None
-    if config.ray_address is None:
+    if local:
         with contextlib.suppress(Exception):
             session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
     log.info("Ray ready in %.1f s: %s", time.perf_counter() - t0, ray.cluster_resources())
     reaper = None
-    if config.ray_address is None:
+    if local:
         from hybrid import _reaper
 
         reaper = _reaper.start(session_dir=session_dir, token=None if token_existed else _AUTH_TOKEN)
     return Runtime(
         config=config,
         connected=True,
-        owns_cluster=config.ray_address is None,
+        owns_cluster=local,
         session_dir=session_dir,
         _tmp_before=tmp_before,
         _token_existed=token_existed,
         _reaper=reaper,
+        _latest_before=latest_before if local else None,
+        _user_ray_address=user_address,
     )
 
 

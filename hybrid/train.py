@@ -429,6 +429,8 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from hybrid.cluster import worker_request
+
     spec = dataclasses.replace(spec, metric=metric, mode=mode)
     config = from_dict(TrainConfig, spec.train, prefix="train")
     return TorchTrainer(
@@ -437,7 +439,7 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
+            resources_per_worker=worker_request(cpus=config.cpus_per_worker, use_gpu=config.use_gpu),
         ),
         datasets={"train": datasets["train"], "val": datasets["val"]},
         run_config=RunConfig(

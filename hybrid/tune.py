@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hybrid import _atomic
+from hybrid import _atomic, cluster
 from hybrid.config import Config
 from hybrid.errors import TrainingError
 from hybrid.placement import HEAD_RESOURCE
@@ -95,12 +95,12 @@ class TuneResult:
         }
 
 
-def default_concurrency(*, cpus: float, gpus: float, cpus_per_trial: int, gpus_per_trial: int) -> int:
-    """How many trials fit at once in the free resources (at least one)."""
-    fits = math.floor(cpus / cpus_per_trial) if cpus_per_trial else 1
-    if gpus_per_trial:
-        fits = min(fits, math.floor(gpus / gpus_per_trial))
-    return max(1, fits)
+def default_concurrency(worker: dict[str, float], *, workers: int, nodes: Sequence[cluster.Node]) -> int:
+    """How many trials of ``workers`` x ``worker`` run at once in the nodes' free resources (at least one).
+
+    Each worker sits on one node, so this sums what fits node by node, never the cluster's total.
+    """
+    return max(1, cluster.sets_that_fit(worker, count=workers, nodes=nodes))
 
 
 def quiet_ray_data() -> None:
@@ -145,7 +145,6 @@ def tune(
         TrainingError: If every trial failed, or the best trial's checkpoint is missing.
     """
     import optuna
-    import ray
     from ray import tune as rt
 
     from hybrid import _tune_ray
@@ -159,13 +158,11 @@ def tune(
     study, storage = _open_study(paths, fingerprint, config, echo)
     plan = _plan(study, paths, config)
     to_run = tc.num_samples - len(plan.kept)
-    free = ray.available_resources()
-    concurrency = tc.max_concurrent or default_concurrency(
-        cpus=free.get("CPU", 0.0),
-        gpus=free.get("GPU", 0.0),
-        cpus_per_trial=train_cfg.num_workers * train_cfg.cpus_per_worker,
-        gpus_per_trial=train_cfg.num_workers if train_cfg.use_gpu else 0,
-    )
+    nodes = cluster.inventory()
+    worker = cluster.worker_request(cpus=train_cfg.cpus_per_worker, use_gpu=train_cfg.use_gpu)
+    cluster.check_fits("tune", worker, count=train_cfg.num_workers, nodes=nodes,
+                       what="each trial's training worker", fix="lower train.cpus_per_worker or train.num_workers")
+    concurrency = tc.max_concurrent or default_concurrency(worker, workers=train_cfg.num_workers, nodes=nodes)
     echo(
         f"[tune] {tc.num_samples} trials, {concurrency} at a time, up to {train_cfg.max_epochs} epochs each, "
         f"ASHA grace {tc.grace_period} / reduction {tc.reduction_factor}, optimising {tc.metric} ({tc.mode})"
