@@ -112,21 +112,40 @@ while True:
     return nodes
 
 
+class HeadStartError(SystemExit):
+    """The head's ``ray start`` died (seen under heavy load: a dashboard module timing out)."""
+
+
 def _wait_started(log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace") if log.exists() else ""
         if "Ray runtime started" in text:
             return
-        if "Traceback" in text or "Error" in text.split("Ray runtime started")[0][-2000:]:
-            raise SystemExit(f"local_cluster: the head failed to start; see {log}")
+        if "Traceback" in text:
+            raise HeadStartError(f"local_cluster: the head failed to start ({log}):\n{text[-3000:]}")
         time.sleep(0.5)
     raise SystemExit(f"local_cluster: the head did not start in {timeout_s:.0f} s; see {log}")
 
 
 def start(base: Path, *, workers: int, worker_cpus: int, timeout_s: float = 180) -> dict:
-    """Start a head (no CPUs) and ``workers`` worker nodes; returns the state written to ``base/cluster.json``."""
+    """Start a head (no CPUs) and ``workers`` worker nodes; returns the state written to ``base/cluster.json``.
+
+    Keep ``base`` short (``/tmp/hc-x``): Ray's unix sockets live under each node's temp dir and a socket path
+    may not exceed 107 bytes.
+    """
     base.mkdir(parents=True, exist_ok=True)
+    for attempt in (1, 2):  # a head that dies while starting (its dashboard, under load) gets one more try
+        try:
+            return _start(base, workers=workers, worker_cpus=worker_cpus, timeout_s=timeout_s)
+        except HeadStartError:
+            if attempt == 2:
+                raise
+            stop(base, keep_logs=True)
+    raise AssertionError("unreachable")
+
+
+def _start(base: Path, *, workers: int, worker_cpus: int, timeout_s: float) -> dict:
     gcs_port, dash_port, client_port = _free_ports(3)
     address = f"{_node_ip()}:{gcs_port}"  # Ray binds the GCS to the host's address, not loopback
     nodes = [_spawn("head", ["--head", f"--port={gcs_port}", "--num-cpus=0",
@@ -207,8 +226,8 @@ def _killpg(pgid: int) -> None:
         pass
 
 
-def stop(base: Path) -> None:
-    """Kill every node started here, then remove their temp dirs."""
+def stop(base: Path, *, keep_logs: bool = False) -> None:
+    """Kill every node started here, then remove their temp dirs (and their logs unless ``keep_logs``)."""
     if not (base / STATE).exists():
         return
     state = load(base)
@@ -217,6 +236,10 @@ def stop(base: Path) -> None:
     time.sleep(1)
     for node in state["nodes"]:
         shutil.rmtree(node["temp_dir"], ignore_errors=True)
+        if keep_logs:
+            log = base / f"{node['name']}.log"
+            if log.exists():
+                log.rename(log.with_suffix(f".{int(time.time())}.log"))
     (base / STATE).unlink(missing_ok=True)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.spark, pytest.mark.
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = [
     "data.max_train_rows=1200", "data.max_test_rows=400", "tune.time_budget_s=null", "tune.n_startup_trials=2",
-    "train.max_epochs=2", "distill.max_epochs=1", "quantize.backend=onnxruntime", "quantize.calibration_batches=2",
+    "train.max_epochs=2", "distill.max_epochs=1", "quantize.backend=onnxruntime", "quantize.calibration_samples=256",
 ]
 
 
@@ -40,13 +42,20 @@ local_cluster = _load_local_cluster()
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    base = tmp_path_factory.mktemp("cluster")
+def cluster() -> Iterator[dict[str, Any]]:
+    # A short base: Ray's unix sockets live under each node's temp dir, and socket paths are limited to
+    # 107 bytes (pytest's tmp paths are too long: the head's dashboard then fails to start).
+    reuse = os.environ.get("HYBRID_TEST_CLUSTER")  # a cluster started by hand: scripts/local_cluster.py start --dir
+    if reuse:
+        yield {**local_cluster.load(Path(reuse)), "base": Path(reuse), "env": local_cluster.cluster_env(Path(reuse))}
+        return
+    base = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))
     try:
         state = local_cluster.start(base, workers=2, worker_cpus=1)
         yield {**state, "base": base, "env": local_cluster.cluster_env(base)}
     finally:
         local_cluster.stop(base)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def hybrid(cluster: dict[str, Any], command: str, workdir: Path, sets: list[str], *, timeout: float = 900,
