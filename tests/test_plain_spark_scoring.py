@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyspark
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -90,7 +91,8 @@ def _spark_submit(model: Path, table: Path, out: Path, *, worker_python: str) ->
     return _run(
         [str(SPARK_SUBMIT), "--master", "local[2]", "--conf", f"spark.pyspark.python={worker_python}",
          "--conf", f"spark.pyspark.driver.python={sys.executable}", str(CHILD), str(model), str(table), str(out)],
-        _child_env(),
+        # spark-submit finds Spark through SPARK_HOME, else by importing pyspark with `python3` from PATH
+        _child_env(SPARK_HOME=str(Path(pyspark.__file__).parent)),
     )
 
 
