@@ -98,7 +98,9 @@ def _spark_submit(model: Path, table: Path, out: Path, *, worker_python: str) ->
 
 def _one_line_error(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == EXIT_HYBRID_ERROR, (done.returncode, done.stderr[-3000:])
-    return done.stderr.strip().splitlines()[-1]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout  # the error is one line
+    return lines[0]
 
 
 @pytest.mark.spark
