@@ -42,3 +42,7 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+class WorkerEnvironmentError(HybridError, RuntimeError):
+    """Spark's Python workers cannot run hybrid's code: another interpreter, or one without hybrid's packages."""

@@ -12,7 +12,9 @@ by length and pads each batch to its own longest row):
    cluster, each executor fetches the archive, unpacks it and reads it through ``SparkFiles``
    (``addFile(dir, recursive=True)`` would be simpler, but Spark refuses a local directory on any
    master other than ``local``). As for any UDF defined in a package, the executors' Python must
-   be able to import ``hybrid`` (installed there, or shipped with ``spark.submit.pyFiles``).
+   be able to import ``hybrid`` (installed there, or shipped with ``spark.submit.pyFiles``): a
+   one-task probe (:func:`hybrid.spark_workers.check_spark_workers`) checks that, and every
+   package the UDF imports, before the archive is added, and names what a worker lacks in one line.
 2. **Spark SQL, in the JVM.** Each row is checked against the pixel rules of :mod:`hybrid.ingest`
    (same names, same order: ``pixels_null``, ``pixel_count``, ``pixel_null``, ``pixel_not_finite``).
    This must happen before pandas: once Arrow hands an array with a null element to pandas it is a
@@ -88,10 +90,11 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from hybrid.artifacts import MANIFEST, ArtifactError, load_model, sha256_file
+from hybrid.artifacts import INT8_FILES, MANIFEST, ArtifactError, load_model, sha256_file
 from hybrid.errors import ConfigError, DataError
 from hybrid.ingest import LABEL, PIXELS, first_broken_rule
 from hybrid.ingest_text import text_rules
+from hybrid.spark_workers import SCORING_MODULES, check_spark_workers
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -405,6 +408,8 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
         ConfigError: If ``batch_size < 1``.
         ArtifactError: If the directory is incomplete, a file does not match the manifest, or the
             metadata lacks what scoring needs (normaliser, image size, label names).
+        WorkerEnvironmentError: If Spark's Python workers cannot import hybrid or what the model
+            needs (see :func:`hybrid.spark_workers.check_spark_workers`).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, but got {batch_size}")
@@ -418,6 +423,7 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
     label_names = _label_names(meta, source)
     num_pixels = _num_pixels(meta, source) if modality == "images" else None
     normalizer = _normalizer(meta, source) if modality == "images" else None
+    check_spark_workers(spark, modules=_worker_modules(source, modality))
     manifest_sha256 = sha256_file(source / MANIFEST)
     staged = _stage(source, manifest_sha256)
     sc = spark.sparkContext
@@ -431,6 +437,12 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
         label_names=label_names,
         normalizer=normalizer,
     )
+
+
+def _worker_modules(directory: Path, modality: Literal["images", "text"]) -> tuple[str, ...]:
+    """What a Python worker imports to score with the model in ``directory``."""
+    extra = ("onnxruntime",) if (directory / INT8_FILES["onnxruntime"]).is_file() else ()
+    return SCORING_MODULES + extra + (("transformers",) if modality == "text" else ())
 
 
 @dataclass
