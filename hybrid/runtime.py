@@ -138,9 +138,13 @@ class Runtime:
 
     def spark_executor_pids(self) -> list[int]:
         """Process ids of the live Spark executors (RayDP runs each as a Ray actor, a JVM), sorted."""
+        import ray
         from ray.util.state import list_actors
 
-        actors = list_actors(detail=True, filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False)
+        # Our cluster by address: with another Ray on the host the state API refuses to guess.
+        address = ray.get_runtime_context().gcs_address
+        actors = list_actors(address=address, detail=True, filters=[("state", "=", "ALIVE")], limit=10_000,
+                             raise_on_missing_output=False)
         return sorted(int(a.pid) for a in actors if "RayDPExecutor" in (a.class_name or "") and a.pid)
 
     def cluster_resources(self) -> dict[str, float]:
