@@ -31,7 +31,7 @@ Memory
     counts shared pages this process touched, so object-store pages the driver writes (``from_arrow``) count.
 
 Isolation
-    Every (shape, rows) runs in a child process with its own Ray and Spark on Ray (hybrid's
+    Every path first runs once, untimed, on a 1,000-row frame. Every (shape, rows) runs in a child process with its own Ray and Spark on Ray (hybrid's
     :func:`hybrid.runtime.running`, so the JVM flags are right), paths in the order of ``--paths``; a child that
     runs past ``--timeout-s`` is stopped and its missing paths are reported as such. Sizes that would not fit
     this machine are skipped and said so (e.g. 5M images: 15.7 GB as float32).
@@ -69,6 +69,7 @@ PATHS = ("parquet", "arrow_collect", "raydp_tuned", "raydp")
 SHAPES = {"floats64": 64, "images784": 784}
 TODAY_PARTITIONS = 4  # DataConfig.blocks_per_split's default: what to_ray repartitioned to
 RESULT = "RESULT "
+WARMUP_ROWS = 1_000
 log = progress("bench_ingest")
 
 
@@ -218,6 +219,13 @@ def child(args: argparse.Namespace) -> int:
         spark = runtime.spark
         if spark is None:
             raise RuntimeError("hybrid.runtime.running() returned no Spark session")
+        # Untimed warm-up: every path once on a tiny frame, so one-off costs (JVM class loading, Ray Data's
+        # workers, Arrow/JNI set-up) do not land on whichever path runs first.
+        warm = make_frame(spark, shape=shape, rows=WARMUP_ROWS)
+        for path in args.paths:
+            run_path(path, warm, shape=shape, rows=WARMUP_ROWS, executor_memory=heap, storage=storage)
+            shutil.rmtree(storage / "handoff", ignore_errors=True)
+        warm.unpersist()
         t0 = time.perf_counter()
         df = make_frame(spark, shape=shape, rows=rows)
         log(f"{shape} x {rows:,}: generated and persisted in {time.perf_counter() - t0:.1f} s (not counted)")
