@@ -237,10 +237,16 @@ def child(args: argparse.Namespace) -> int:
             import gc
 
             gc.collect()
-            with PeakRSS(runtime.spark_executor_pids()) as mem:
-                t1 = time.perf_counter()
-                ds = run_path(path, df, shape=shape, rows=rows, executor_memory=heap, storage=storage)
-                seconds = time.perf_counter() - t1
+            try:
+                with PeakRSS(runtime.spark_executor_pids()) as mem:
+                    t1 = time.perf_counter()
+                    ds = run_path(path, df, shape=shape, rows=rows, executor_memory=heap, storage=storage)
+                    seconds = time.perf_counter() - t1
+            except Exception as err:  # a path that fails at this size is a result (e.g. driver.maxResultSize)
+                text = str(err)
+                cause = next((ln for ln in text.splitlines() if "Caused by" in ln or "Exception:" in ln), text[:200])
+                print(RESULT + json.dumps({"path": path, "failed": cause.strip()[:200]}), flush=True)
+                continue
             rows_out = ds.count()
             id_sum = ds.sum("id")  # identity: ids 0..rows-1 once each (with the count)
             blocks = ds.num_blocks()

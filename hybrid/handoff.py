@@ -59,7 +59,7 @@ def row_group_bytes(executor_memory: int) -> int:
 
 
 def rows_per_file(rows: int, *, min_blocks: int) -> int:
-    """Rows per Parquet file so that ``rows`` make at least ``min_blocks`` files (one Ray read task each)."""
+    """Rows per Parquet file so that ``rows`` make at least ``min_blocks`` files."""
     return max(1, math.ceil(rows / max(1, min_blocks)))
 
 
@@ -114,7 +114,8 @@ def spark_to_ray(df: DataFrame, dest: Path, *, rows: int, min_blocks: int = 1) -
         df: Any Spark DataFrame.
         dest: Directory for the table (replaced atomically); normally ``<run_dir>/data/handoff/<split>``.
         rows: Rows of ``df`` (counted beforehand): with ``min_blocks`` it sets the rows per file.
-        min_blocks: At least this many files, hence Ray read tasks and blocks (Ray splits larger ones).
+        min_blocks: At least this many files (Ray Data may read small files in one task, and splits
+            blocks larger than its target block size).
 
     Returns:
         The dataset, materialised: independent of Spark, which may be stopped afterwards.
