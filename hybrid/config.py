@@ -112,7 +112,7 @@ class DataConfig:
     max_test_rows: int | None = None
     """Use only the first N rows of the test table."""
     blocks_per_split: int = 4
-    """Spark partitions (hence Ray blocks) per split."""
+    """At least this many Parquet files (hence Ray read tasks and blocks) per split at the hand-off to Ray."""
 
     def __post_init__(self) -> None:
         require(self.image_size >= 2, f"image_size must be >= 2, but got {self.image_size}")

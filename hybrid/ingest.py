@@ -1,4 +1,4 @@
-"""Ingest: validate, quarantine, split, normalise in Spark, then hand the splits to Ray via RayDP.
+"""Ingest: validate, quarantine, split, normalise in Spark, then hand the splits to Ray (:mod:`hybrid.handoff`).
 
 Every step up to :func:`to_ray` is a Spark transformation (runs on the executors, scales with the
 cluster). Bad rows are tagged with the first rule they break, written to a quarantine table with
@@ -215,18 +215,15 @@ def normalize(df: DataFrame, norm: Normalizer) -> DataFrame:
     )
 
 
-def to_ray(df: DataFrame, *, num_blocks: int) -> ray.data.Dataset:
-    """Hand ``df`` to Ray through RayDP and materialise it in Ray's object store.
+def to_ray(df: DataFrame, *, dest: Path, rows: int, num_blocks: int) -> ray.data.Dataset:
+    """Hand ``df`` to Ray (see :mod:`hybrid.handoff`): Spark writes Parquet to ``dest``, Ray Data reads it
+    into its object store in at least ``num_blocks`` blocks, in Spark's row order.
 
-    Materialising makes the dataset independent of Spark: Spark can be stopped afterwards to give
-    its CPUs to training (RayDP's blocks are otherwise fetched lazily from the executors).
+    The dataset is materialised, so Spark can be stopped afterwards to give its CPUs to training.
     """
-    from raydp.spark.dataset import from_spark_recoverable, release_spark_recoverable
+    from hybrid.handoff import spark_to_ray
 
-    parts = df.repartition(num_blocks)
-    ds = from_spark_recoverable(parts).materialize()
-    release_spark_recoverable(parts)  # the blocks now live in Ray; free Spark's cached copy
-    return ds
+    return spark_to_ray(df, dest, rows=rows, min_blocks=num_blocks)
 
 
 def quarantine(
@@ -365,10 +362,17 @@ def check_split_counts(
 
 
 def hand_off(
-    splits: dict[str, DataFrame], *, counts: dict[str, int], config: DataConfig
+    splits: dict[str, DataFrame], *, counts: dict[str, int], config: DataConfig, run_dir: Path
 ) -> dict[str, ray.data.Dataset]:
-    """:func:`to_ray` for each split, checking Ray received exactly the rows Spark counted."""
-    datasets = {name: to_ray(df, num_blocks=config.blocks_per_split) for name, df in splits.items()}
+    """:func:`to_ray` for each split (Parquet under ``<run_dir>/data/handoff/``), checking Ray received
+    exactly the rows Spark counted."""
+    from hybrid.handoff import HANDOFF_DIR
+
+    base = run_dir / "data" / HANDOFF_DIR
+    datasets = {
+        name: to_ray(df, dest=base / name, rows=counts[name], num_blocks=config.blocks_per_split)
+        for name, df in splits.items()
+    }
     received = {name: ds.count() for name, ds in datasets.items()}
     if received != counts:
         raise RuntimeError(f"bug: Spark counted {counts} rows per split, but Ray received {received}")
@@ -445,7 +449,7 @@ def ingest_images(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> 
     durations["split_normalize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    datasets = hand_off(splits, counts=checked.counts, config=config)
+    datasets = hand_off(splits, counts=checked.counts, config=config, run_dir=run_dir)
     durations["to_ray"] = time.perf_counter() - t0
     raw["train"].unpersist()
     for df in tagged.values():

@@ -135,7 +135,8 @@ def ingest_qa(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> Inge
     t0 = time.perf_counter()
     splits = split_three(frames, config, content="context")
     checked = check_split_counts(splits, config=config, quarantined=quarantined, label_names=())
-    datasets = hand_off({name: df.drop(LABEL) for name, df in splits.items()}, counts=checked.counts, config=config)
+    datasets = hand_off({name: df.drop(LABEL) for name, df in splits.items()}, counts=checked.counts, config=config,
+                        run_dir=run_dir)
     durations["to_ray"] = time.perf_counter() - t0
     check_accounted(rows_in, checked.counts, quarantined)
     return IngestResult(

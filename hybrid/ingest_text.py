@@ -218,7 +218,7 @@ def ingest_text(spark: SparkSession, config: DataConfig, *, run_dir: Path, token
     durations["split"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    converted = hand_off(splits, counts=checked.counts, config=config)
+    converted = hand_off(splits, counts=checked.counts, config=config, run_dir=run_dir)
     durations["to_ray"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     datasets = {

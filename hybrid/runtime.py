@@ -149,6 +149,17 @@ class Runtime:
         while ray.available_resources().get("CPU", 0.0) < target and time.monotonic() < deadline:
             time.sleep(0.2)
 
+    def spark_executor_pids(self) -> list[int]:
+        """Process ids of the live Spark executors (RayDP runs each as a Ray actor, a JVM), sorted."""
+        import ray
+        from ray.util.state import list_actors
+
+        # Our cluster by address: with another Ray on the host the state API refuses to guess.
+        address = ray.get_runtime_context().gcs_address
+        actors = list_actors(address=address, detail=True, filters=[("state", "=", "ALIVE")], limit=10_000,
+                             raise_on_missing_output=False)
+        return sorted(int(a.pid) for a in actors if "RayDPExecutor" in (a.class_name or "") and a.pid)
+
     def cluster_resources(self) -> dict[str, float]:
         """Total resources of the Ray cluster (CPU, GPU, memory...)."""
         import ray
