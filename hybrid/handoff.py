@@ -81,7 +81,11 @@ def write_table(df: DataFrame, dest: Path, *, rows: int, min_blocks: int) -> lis
         shutil.rmtree(stale, ignore_errors=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     (
+        # Uncompressed and without dictionaries: the files live on local or cluster storage for minutes, and
+        # features (floats, pixels, token ids) rarely repeat; both cost CPU on write and read for nothing.
         df.write.option("parquet.block.size", str(row_group_bytes(heap)))
+        .option("compression", "none")
+        .option("parquet.enable.dictionary", "false")
         .option("maxRecordsPerFile", str(rows_per_file(rows, min_blocks=min_blocks)))
         .parquet(str(tmp.resolve()))
     )
@@ -101,7 +105,10 @@ def read_table(files: list[str]) -> ray.data.Dataset:
     previous = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # the dataset keeps a copy of the context made here
     try:
-        ds = ray.data.read_parquet(files, partitioning=None).materialize()
+        # Read tasks ask for no CPU: Spark's executors may still hold every CPU of the cluster (they are Ray
+        # actors too), and a read that waits for one of them would wait forever (seen on 1-CPU nodes).
+        ds = ray.data.read_parquet(files, partitioning=None, override_num_blocks=len(files),
+                                   ray_remote_args={"num_cpus": 0}).materialize()
     finally:
         ctx.execution_options.preserve_order = previous
     return ds

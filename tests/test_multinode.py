@@ -145,3 +145,20 @@ def test_a_lost_worker_node_costs_the_trial_only_its_epoch_in_flight(cluster: di
     assert "lost a worker" in out, out[-3000:]
     summary_trials = {t["trial_id"]: t for t in json.loads((run_dir / "summary.json").read_text())["trials"]}
     assert len(summary_trials) == 2 and summary_trials["t0000"]["nodes"][0] == victim
+
+
+def test_two_ddp_workers_on_two_nodes_learn_as_one_worker_does(cluster: dict[str, Any], tmp_path: Path) -> None:
+    """train.num_workers: 2 spreads over both 1-CPU nodes (gloo across nodes); each worker reads half the rows
+    (Ray Data shards the train split), the batch size is per worker (global batch = 2 x 32) and the learning
+    rate is not scaled; validation accuracy matches one worker's within noise on the same toy slice."""
+    env = {**os.environ, **cluster["env"], "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_child.py"), cluster["address"],
+                          str(tmp_path / "storage")], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    one, two = result["1"], result["2"]
+    assert set(two["train_workers"]) == set(cluster["worker_node_ids"]), two  # one worker on each node
+    assert sum(one["train_workers"].values()) == 1
+    assert one["val_accuracy"] > 0.8 and two["val_accuracy"] > 0.8, result
+    assert abs(one["val_accuracy"] - two["val_accuracy"]) <= 0.1, result
