@@ -187,7 +187,7 @@ def run_path(path: str, df: DataFrame, *, shape: str, rows: int, executor_memory
     if path == "raydp_tuned":
         return via_raydp(df, tuned_partitions(payload, executor_memory))
     if path == "parquet":
-        return spark_to_ray(df, storage / "handoff" / "bench", rows=rows, min_blocks=TODAY_PARTITIONS)
+        return spark_to_ray(df, storage / "handoff" / "bench", rows=rows, min_blocks=TODAY_PARTITIONS)[0].materialize()
     if path == "arrow_collect":
         return via_arrow(df, max(TODAY_PARTITIONS, math.ceil(payload / TARGET_BLOCK_BYTES)))
     raise ValueError(f"unknown path {path!r}; choose from {PATHS}")

@@ -98,33 +98,49 @@ def write_table(df: DataFrame, dest: Path, *, rows: int, min_blocks: int) -> lis
 
 
 def read_table(files: list[str]) -> ray.data.Dataset:
-    """``files`` as one Ray dataset, materialised in the object store, blocks in file order."""
+    """``files`` as one Ray dataset, blocks in file order; lazy: nothing is read until it is consumed.
+
+    Lazy on purpose: Ray Data's file listing and read tasks ask for a CPU each, and Spark's executors (Ray
+    actors) may hold every CPU of the cluster until Spark is stopped; read before that, the read would wait
+    forever (seen on a cluster of 1-CPU nodes). Callers materialise once Spark has let go (see
+    :func:`materialize`).
+    """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     previous = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # the dataset keeps a copy of the context made here
     try:
-        # Read tasks ask for no CPU: Spark's executors may still hold every CPU of the cluster (they are Ray
-        # actors too), and a read that waits for one of them would wait forever (seen on 1-CPU nodes).
-        ds = ray.data.read_parquet(files, partitioning=None, override_num_blocks=len(files),
-                                   ray_remote_args={"num_cpus": 0}).materialize()
+        return ray.data.read_parquet(files, partitioning=None, override_num_blocks=len(files))
     finally:
         ctx.execution_options.preserve_order = previous
-    return ds
 
 
-def spark_to_ray(df: DataFrame, dest: Path, *, rows: int, min_blocks: int = 1) -> ray.data.Dataset:
-    """Hand ``df`` to Ray: Spark writes it as Parquet to ``dest``, Ray Data reads it back in parallel.
+def parquet_rows(files: list[str]) -> int:
+    """Rows in ``files``, from their footers (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def materialize(datasets: dict[str, ray.data.Dataset]) -> dict[str, ray.data.Dataset]:
+    """Each dataset read into Ray's object store (call it after Spark's executors are stopped)."""
+    return {name: ds.materialize() for name, ds in datasets.items()}
+
+
+def spark_to_ray(df: DataFrame, dest: Path, *, rows: int, min_blocks: int = 1) -> tuple[ray.data.Dataset, int]:
+    """Hand ``df`` to Ray: Spark writes it as Parquet to ``dest``; returns a lazy Ray dataset over the files
+    and the rows Spark wrote.
 
     Args:
         df: Any Spark DataFrame.
         dest: Directory for the table (replaced atomically); normally ``<run_dir>/data/handoff/<split>``.
         rows: Rows of ``df`` (counted beforehand): with ``min_blocks`` it sets the rows per file.
-        min_blocks: At least this many files (Ray Data may read small files in one task, and splits
-            blocks larger than its target block size).
+        min_blocks: At least this many files (one block per file).
 
     Returns:
-        The dataset, materialised: independent of Spark, which may be stopped afterwards.
+        The dataset (lazy, see :func:`read_table`: independent of Spark, which may be stopped before it is
+        read) and the rows in its files.
     """
-    return read_table(write_table(df, dest, rows=rows, min_blocks=min_blocks))
+    files = write_table(df, dest, rows=rows, min_blocks=min_blocks)
+    return read_table(files), parquet_rows(files)

@@ -215,11 +215,12 @@ def normalize(df: DataFrame, norm: Normalizer) -> DataFrame:
     )
 
 
-def to_ray(df: DataFrame, *, dest: Path, rows: int, num_blocks: int) -> ray.data.Dataset:
-    """Hand ``df`` to Ray (see :mod:`hybrid.handoff`): Spark writes Parquet to ``dest``, Ray Data reads it
-    into its object store in at least ``num_blocks`` blocks, in Spark's row order.
+def to_ray(df: DataFrame, *, dest: Path, rows: int, num_blocks: int) -> tuple[ray.data.Dataset, int]:
+    """Hand ``df`` to Ray (see :mod:`hybrid.handoff`): Spark writes Parquet to ``dest`` in at least
+    ``num_blocks`` files; returns a lazy Ray dataset over them (Spark's row order) and the rows written.
 
-    The dataset is materialised, so Spark can be stopped afterwards to give its CPUs to training.
+    Nothing is read into Ray yet: Spark may hold every CPU until it is stopped; :func:`hybrid.handoff.materialize`
+    reads the datasets afterwards.
     """
     from hybrid.handoff import spark_to_ray
 
@@ -364,19 +365,17 @@ def check_split_counts(
 def hand_off(
     splits: dict[str, DataFrame], *, counts: dict[str, int], config: DataConfig, run_dir: Path
 ) -> dict[str, ray.data.Dataset]:
-    """:func:`to_ray` for each split (Parquet under ``<run_dir>/data/handoff/``), checking Ray received
-    exactly the rows Spark counted."""
+    """:func:`to_ray` for each split (Parquet under ``<run_dir>/data/handoff/``), checking the files hold
+    exactly the rows Spark counted. The datasets are lazy (see :func:`to_ray`)."""
     from hybrid.handoff import HANDOFF_DIR
 
     base = run_dir / "data" / HANDOFF_DIR
-    datasets = {
-        name: to_ray(df, dest=base / name, rows=counts[name], num_blocks=config.blocks_per_split)
-        for name, df in splits.items()
-    }
-    received = {name: ds.count() for name, ds in datasets.items()}
+    handed = {name: to_ray(df, dest=base / name, rows=counts[name], num_blocks=config.blocks_per_split)
+              for name, df in splits.items()}
+    received = {name: rows for name, (_, rows) in handed.items()}
     if received != counts:
-        raise RuntimeError(f"bug: Spark counted {counts} rows per split, but Ray received {received}")
-    return datasets
+        raise RuntimeError(f"bug: Spark counted {counts} rows per split, but wrote {received} for Ray")
+    return {name: ds for name, (ds, _) in handed.items()}
 
 
 def check_accounted(rows_in: int, counts: dict[str, int], quarantined: dict[str, int]) -> None:

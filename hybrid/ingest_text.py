@@ -179,7 +179,7 @@ class TokenizeBatch:
 
 
 def tokenize_dataset(dataset: ray.data.Dataset, *, tokenizer_dir: str, max_length: int, **options: Any) -> ray.data.Dataset:
-    """``dataset`` with ``text`` replaced by unpadded ``input_ids`` (``list<int32>``), materialised."""
+    """``dataset`` with ``text`` replaced by unpadded ``input_ids`` (``list<int32>``); lazy like the hand-off."""
     return dataset.map_batches(
         TokenizeBatch,
         fn_constructor_kwargs={"tokenizer_dir": tokenizer_dir, "max_length": max_length},
@@ -187,7 +187,7 @@ def tokenize_dataset(dataset: ray.data.Dataset, *, tokenizer_dir: str, max_lengt
         batch_size=1024,
         concurrency=1,
         **options,
-    ).materialize()
+    )
 
 
 def ingest_text(spark: SparkSession, config: DataConfig, *, run_dir: Path, tokenizer_dir: str) -> IngestResult:

@@ -43,8 +43,9 @@ import yaml
 from hybrid import _atomic
 from hybrid._dataclass_io import to_dict
 from hybrid.config import Config, check_before_start
-from hybrid.errors import HybridError
+from hybrid.errors import ClusterFitError, HybridError
 from hybrid.fingerprint import Fingerprint, input_files, stage_fingerprints
+from hybrid.handoff import materialize
 from hybrid.monitor import PeakRSS, StageTimer
 from hybrid.placement import StagePlacement, cluster_block, epoch_nodes
 from hybrid.report import write_report
@@ -266,9 +267,28 @@ def _ingest(ctx: _Run) -> None:
     check_trainable_search(data.counts, train=ctx.config.train, space=load_search_space(ctx.config.tune.search_space))
     if ctx.config.runtime.release_spark_for_training and ctx.runtime is not None:
         ctx.runtime.stop_spark()
+    elif ctx.runtime is not None:
+        _check_cpu_left_beside_spark(ctx.config.runtime)
+    # Read the handed-off splits into Ray now that Spark's executors no longer hold the CPUs the read needs.
+    with ctx.timer("ingest.materialize"):
+        read = materialize({"train": data.train, "val": data.val, "test": data.test})
+    data.train, data.val, data.test = read["train"], read["val"], read["test"]
     ctx.data = data
     ctx.commit("ingest", {"data": data.summary(), "durations_s": data.durations_s,
                           "duration_s": ctx.timer.durations_s["ingest"], "placement": where.stop()})
+
+
+def _check_cpu_left_beside_spark(runtime: Any) -> None:
+    """With Spark kept up, its executors must leave a CPU for Ray Data's reads (or they wait forever)."""
+    import ray
+
+    held = runtime.spark_executors * runtime.spark_executor_cores
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if total - held < 1:
+        raise ClusterFitError(
+            f"ingest: runtime.release_spark_for_training is false and Spark's {runtime.spark_executors} executors "
+            f"hold {held} of the cluster's {total:.0f} CPUs, leaving none for reading the splits into Ray; "
+            "release Spark or use fewer executor cores")
 
 
 def _metadata(data: IngestResult) -> dict[str, Any]:
