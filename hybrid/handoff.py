@@ -65,7 +65,8 @@ def rows_per_file(rows: int, *, min_blocks: int) -> int:
 
 def parquet_files(table_dir: Path) -> list[str]:
     """The data files Spark wrote, in Spark's order (partition, then file number within it)."""
-    return sorted(str(p) for p in table_dir.glob("part-*.parquet"))
+    # Absolute: Ray's read tasks run on other nodes, in other working directories.
+    return sorted(str(p) for p in table_dir.resolve().glob("part-*.parquet"))
 
 
 def write_table(df: DataFrame, dest: Path, *, rows: int, min_blocks: int) -> list[str]:

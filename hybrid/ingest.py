@@ -369,7 +369,7 @@ def hand_off(
     exactly the rows Spark counted. The datasets are lazy (see :func:`to_ray`)."""
     from hybrid.handoff import HANDOFF_DIR
 
-    base = run_dir / "data" / HANDOFF_DIR
+    base = (run_dir / "data" / HANDOFF_DIR).resolve()
     handed = {name: to_ray(df, dest=base / name, rows=counts[name], num_blocks=config.blocks_per_split)
               for name, df in splits.items()}
     received = {name: rows for name, (_, rows) in handed.items()}

@@ -67,8 +67,12 @@ class StageOrderError(HybridError):
 
 
 def prepare_run_dir(config: Config) -> Path:
-    """Create the run directory and write the resolved config and search space into it (atomically)."""
-    run_dir = config.run_dir
+    """Create the run directory and write the resolved config and search space into it (atomically).
+
+    Returns its absolute path: every path derived from it may be opened by a Ray worker on another node, in
+    another working directory.
+    """
+    run_dir = config.run_dir.resolve()
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
     space = load_search_space(config.tune.search_space)
     check_search_space(space, config)  # a bad key or edge value fails now, not after ingest
