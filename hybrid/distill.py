@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import ray.data
 
     from hybrid.config import Config
+    from hybrid.shipping import ShippedDir
 
 TEACHER_LOGITS = "teacher_logits"
 
@@ -118,10 +119,12 @@ def distillation_loss(
 class _TeacherLogits:
     """Ray Data callable class: loads the teacher once per actor, adds its logits to each batch."""
 
-    def __init__(self, model_dir: str, input_columns: tuple[str, ...], threads: int = 1) -> None:
+    def __init__(self, model_dir: str | ShippedDir, input_columns: tuple[str, ...], threads: int = 1) -> None:
         from hybrid.artifacts import load_model, model_collate
+        from hybrid.shipping import local_path
 
         torch.set_num_threads(threads)
+        model_dir = local_path(model_dir)
         self.model, meta = load_model(model_dir)
         self.collate = model_collate(model_dir, meta)
         self.columns = input_columns
@@ -142,11 +145,15 @@ def add_teacher_logits(
     """``dataset`` with a ``teacher_logits`` column computed by the teacher in ``teacher_dir``, materialised.
 
     One actor holding ``num_cpus`` CPUs runs the teacher with as many torch threads (on the 2-core demo, a
-    6-layer BERT's logits for 8k sentences took 137 s on one thread).
+    6-layer BERT's logits for 8k sentences took 137 s on one thread). The teacher's directory reaches the
+    actor through Ray's object store (:mod:`hybrid.shipping`): its node need not see ``teacher_dir``.
     """
+    from hybrid import shipping
+
+    teacher = shipping.ship_dir(teacher_dir, what="the teacher's model directory")
     return dataset.map_batches(
         _TeacherLogits,
-        fn_constructor_kwargs={"model_dir": str(teacher_dir), "input_columns": input_columns, "threads": num_cpus},
+        fn_constructor_kwargs={"model_dir": teacher, "input_columns": input_columns, "threads": num_cpus},
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=1,

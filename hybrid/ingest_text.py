@@ -39,6 +39,8 @@ from hybrid.text import INPUT_IDS, TEXT, load_tokenizer, tokenize
 if TYPE_CHECKING:
     import ray.data
 
+    from hybrid.shipping import ShippedDir
+
 LABEL = "label"
 TEXT_REASONS = ("label_null", "label_not_integer", "label_out_of_range", "label_unknown", "text_null", "text_empty")
 """Validation rules of text rows, in the order they are checked; a bad row is tagged with the first it breaks."""
@@ -164,8 +166,10 @@ def label_index(df: DataFrame, label_names: tuple[str, ...]) -> Column:
 class TokenizeBatch:
     """Ray Data callable class: loads the tokenizer once per actor, turns ``text`` into ``input_ids``."""
 
-    def __init__(self, tokenizer_dir: str, max_length: int) -> None:
-        self.tokenizer = load_tokenizer(tokenizer_dir)
+    def __init__(self, tokenizer_dir: str | ShippedDir, max_length: int) -> None:
+        from hybrid.shipping import local_path
+
+        self.tokenizer = load_tokenizer(local_path(tokenizer_dir))
         self.max_length = max_length
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -179,10 +183,17 @@ class TokenizeBatch:
 
 
 def tokenize_dataset(dataset: ray.data.Dataset, *, tokenizer_dir: str, max_length: int, **options: Any) -> ray.data.Dataset:
-    """``dataset`` with ``text`` replaced by unpadded ``input_ids`` (``list<int32>``); lazy like the hand-off."""
+    """``dataset`` with ``text`` replaced by unpadded ``input_ids`` (``list<int32>``); lazy like the hand-off.
+
+    The tokenizer's directory reaches the Ray Data actor through the object store (:mod:`hybrid.shipping`),
+    so its node need not see ``tokenizer_dir``.
+    """
+    from hybrid import shipping
+
+    shipped = shipping.ship_dir(tokenizer_dir, what="model.pretrained_dir")
     return dataset.map_batches(
         TokenizeBatch,
-        fn_constructor_kwargs={"tokenizer_dir": tokenizer_dir, "max_length": max_length},
+        fn_constructor_kwargs={"tokenizer_dir": shipped, "max_length": max_length},
         batch_format="pyarrow",
         batch_size=1024,
         concurrency=1,

@@ -10,13 +10,14 @@ run killed at any moment resumes from its last finished epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -72,10 +73,37 @@ class LoopSpec:
     """Validation metric that picks the run's best epoch (and so the checkpoint Ray keeps)."""
     mode: Literal["min", "max"] = "max"
     """Whether ``metric`` is minimised or maximised."""
+    shipped: dict[str, Any] = field(default_factory=dict)
+    """``model`` fields naming directories (the family's ``path_fields``) -> their
+    :class:`~hybrid.shipping.ShippedDir`: what the workers open instead of the driver's paths, which
+    ``model`` keeps (a run's identity and records name the user's paths). See :func:`ship_paths`."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``train_loop_config`` handed to ``TorchTrainer``."""
-        return to_dict(self)
+        """The ``train_loop_config`` handed to ``TorchTrainer`` (``shipped`` stays as objects)."""
+        return {**to_dict(dataclasses.replace(self, shipped={})), "shipped": dict(self.shipped)}
+
+
+def ship_paths(model_name: str, model: dict[str, Any], shipped: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ship the directories ``model`` names in its family's ``path_fields`` (on the driver; see
+    :mod:`hybrid.shipping`); fields already in ``shipped`` are kept as they are.
+
+    Raises:
+        ConfigError: If such a field names no directory.
+    """
+    from hybrid import shipping
+
+    out = dict(shipped or {})
+    for key in get_family(model_name).path_fields:
+        if model.get(key) and key not in out:
+            out[key] = shipping.ship_dir(model[key], what=f"model.{key}")
+    return out
+
+
+def local_model(spec: LoopSpec) -> dict[str, Any]:
+    """``spec.model`` with each shipped directory replaced by its copy on this node (in a worker)."""
+    from hybrid.shipping import local_path
+
+    return {**spec.model, **{key: local_path(value) for key, value in spec.shipped.items()}}
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -266,7 +294,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = LoopSpec(**loop_config)
     config = from_dict(TrainConfig, spec.train, prefix="train")
     family = get_family(spec.model_name)
-    arch = model_config(spec.model_name, spec.model)
+    arch = model_config(spec.model_name, local_model(spec))
     context = ray.train.get_context()
     world, rank = context.get_world_size(), context.get_world_rank()
 
@@ -283,7 +311,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
 
-    identity = run_identity(loop_config)
+    identity = run_identity({k: v for k, v in loop_config.items() if k != "shipped"})
     state = TrainState(run=identity)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -423,15 +451,18 @@ def build_trainer(
     Ray keeps two checkpoints: the latest (for resuming) and the best epoch by ``metric`` (ties go to
     the earlier epoch, see :func:`hybrid.train_state.best_index`); :func:`best_model_dir` finds the
     latter's model. A failure is not retried (a diverged run should fail, not restart).
-    """
-    import dataclasses
 
+    Directories the model config names (a BERT's ``pretrained_dir``) are shipped to the workers through
+    Ray's object store (:func:`ship_paths`), so the nodes need not share a disk; ``storage_path`` must
+    still be a path (or URI) every node sees.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from hybrid.cluster import worker_request
 
-    spec = dataclasses.replace(spec, metric=metric, mode=mode)
+    spec = dataclasses.replace(spec, metric=metric, mode=mode,
+                               shipped=ship_paths(spec.model_name, spec.model, spec.shipped))
     config = from_dict(TrainConfig, spec.train, prefix="train")
     return TorchTrainer(
         train_loop_per_worker,

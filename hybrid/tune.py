@@ -148,6 +148,8 @@ def tune(
     from ray import tune as rt
 
     from hybrid import _tune_ray
+    from hybrid._dataclass_io import to_dict
+    from hybrid.train import ship_paths
 
     quiet_ray_data()
     space = load_search_space(config.tune.search_space)
@@ -186,7 +188,10 @@ def tune(
             rt.with_parameters(
                 _tune_ray.run_trial,
                 config=config,
-                spec_fields={"num_classes": config.data.num_classes, "train_rows": train_rows, "metadata": metadata},
+                # The model's directories travel through the object store, put once here by the driver: a
+                # trial's own actor may run on a node that cannot see the driver's paths.
+                spec_fields={"num_classes": config.data.num_classes, "train_rows": train_rows, "metadata": metadata,
+                             "shipped": ship_paths(config.model_name, to_dict(config.model))},
                 datasets={"train": datasets["train"], "val": datasets["val"]},
                 storage_path=str(paths.train),
             ),

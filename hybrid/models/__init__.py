@@ -25,6 +25,7 @@ register_model(
     export_assets=bert.export_assets,
     localize=bert.localize,
     modality="text",
+    path_fields=bert.PATH_FIELDS,
 )
 register_model(
     "bert_qa",
@@ -36,6 +37,7 @@ register_model(
     localize=bert.localize,
     task="spans",
     modality="qa",
+    path_fields=bert.PATH_FIELDS,
 )
 
 __all__ = [

@@ -31,6 +31,8 @@ from hybrid.text import ATTENTION_MASK, INPUT_IDS, load_tokenizer, offline, pad_
 TOKEN_TYPE_IDS = "token_type_ids"
 ENCODER_DIR = "encoder"
 """Sub-directory of a saved model holding the encoder's ``config.json`` and the tokenizer files."""
+PATH_FIELDS = ("pretrained_dir", "init_from")
+"""Config fields naming local directories (see ``ModelFamily.path_fields``)."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 

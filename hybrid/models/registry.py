@@ -52,6 +52,9 @@ class ModelFamily:
     metrics: tuple[str, ...] = ()
     """Validation metrics the family reports, which ``tune.metric`` may name (empty: its task's, from
     :data:`TASK_METRICS`)."""
+    path_fields: tuple[str, ...] = ()
+    """Config fields naming local directories that building the model or its collate reads (a BERT's
+    ``pretrained_dir``, ``init_from``): shipped to Ray workers, never opened there by the driver's path."""
 
     def __post_init__(self) -> None:
         if self.task not in TASK_METRICS:
@@ -75,11 +78,13 @@ def register_model(
     task: str = "classification",
     modality: str = "images",
     metrics: tuple[str, ...] = (),
+    path_fields: tuple[str, ...] = (),
 ) -> None:
     """Register a model family under ``name`` (re-registering the same name replaces it)."""
     _REGISTRY[name] = ModelFamily(
         name=name, config_cls=config_cls, build=build, input_columns=input_columns, collate=collate,
         export_assets=export_assets, localize=localize, task=task, modality=modality, metrics=metrics,
+        path_fields=path_fields,
     )
 
 
