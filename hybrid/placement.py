@@ -28,7 +28,7 @@ HEAD_RESOURCE = "node:__internal_head__"
 """Ray's own marker resource of the head node (what its state actors ask for to stay on the head)."""
 ACTOR_KINDS = {"spark_executors": "RayDPExecutor", "train_workers": "RayTrainWorker"}
 """Placement keys and the actor class name (a substring: RayDP's are Java classes) they count."""
-_LIST_LIMIT = 100_000
+_LIST_LIMIT = 10_000  # the most the state API serves (RAY_MAX_LIMIT_FROM_API_SERVER)
 
 
 def node_id() -> str:
