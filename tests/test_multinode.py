@@ -8,7 +8,6 @@ address. Placement is proven by node id (every node has the same IP).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests._cluster import local_cluster
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.spark, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,14 +32,6 @@ SLICE = [
 ]
 
 
-def _load_local_cluster() -> Any:
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "scripts" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-local_cluster = _load_local_cluster()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ teacher-logits actor and a student that starts from the private teacher all succ
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests._cluster import local_cluster
+
 from hybrid.testing import minilm_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.cluster]
@@ -34,14 +35,6 @@ DRIVER = Path(__file__).with_name("no_shared_disk_driver.py")
 STEPS = ("train", "teacher_logits", "student")
 
 
-def _load_local_cluster() -> Any:
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "scripts" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-local_cluster = _load_local_cluster()
 
 
 def _can_unshare() -> bool:
