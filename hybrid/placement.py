@@ -53,22 +53,31 @@ def nodes() -> list[dict[str, Any]]:
 
 
 def job_actors() -> dict[str, tuple[str, str]] | None:
-    """This job's actors, dead or alive: ``{actor_id: (class_name, node_id)}``; None if the state API fails."""
+    """The actors this job's work made, dead or alive: ``{actor_id: (class_name, node_id)}``; None if the
+    state API fails.
+
+    This job's own actors, plus RayDP's executors of any job: RayDP starts Spark's app master and executors
+    from a Java driver of its own, a job of its own (callers count only the executors new since a snapshot).
+    """
     import ray
     from ray.util.state import list_actors
 
     context = ray.get_runtime_context()
+    job = context.get_job_id()
     try:  # the address: with several Rays on one host the state API cannot guess which is ours
-        actors = list_actors(address=context.gcs_address, filters=[("job_id", "=", context.get_job_id())],
-                             limit=_LIST_LIMIT, detail=True, raise_on_missing_output=False)
+        actors = list_actors(address=context.gcs_address, limit=_LIST_LIMIT, detail=True,
+                             raise_on_missing_output=False)
     except Exception as err:  # the dashboard is down or absent: placement is unknown, the run goes on
         log.warning("placement: Ray's state API did not answer (%s); node placement not recorded", err)
         return None
-    return {a.actor_id: (a.class_name or "", a.node_id or "") for a in actors}
+    executor = ACTOR_KINDS["spark_executors"]
+    return {a.actor_id: (a.class_name or "", a.node_id or "") for a in actors
+            if a.job_id == job or executor in (a.class_name or "")}
 
 
 def count_by_node(actors: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:
     """``{placement key: {node_id: n}}`` for the actor kinds of :data:`ACTOR_KINDS`."""
+    actors = list(actors)  # read once per kind below
     out: dict[str, dict[str, int]] = {}
     for key, cls in ACTOR_KINDS.items():
         counts = Counter(node for name, node in actors if cls in name and node)
