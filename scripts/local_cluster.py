@@ -85,15 +85,17 @@ def _spawn(name: str, args: list[str], base: Path) -> dict:
     return {"name": name, "pid": proc.pid, "pgid": proc.pid, "temp_dir": str(temp_dir)}
 
 
-def _wait_nodes(base: Path, address: str, count: int, timeout_s: float) -> list[dict]:
-    """Wait until ``count`` nodes are alive; returns their rows (asked from a child: no ray.init in this process)."""
+def _wait_nodes(base: Path, address: str, count: int, timeout_s: float, *, named: str = "") -> list[dict]:
+    """Wait until ``count`` nodes are alive (and one carries the resource ``named``, if given); returns their
+    rows (asked from a child: no ray.init in this process)."""
     code = f"""
 import json, time, ray
 ray.init(address={address!r}, logging_level="ERROR", log_to_driver=False)
 deadline = time.monotonic() + {timeout_s}
 while True:
     nodes = [{{"node_id": n["NodeID"], "resources": n["Resources"]}} for n in ray.nodes() if n["Alive"]]
-    if len(nodes) >= {count} or time.monotonic() > deadline:
+    named_up = {named!r} == "" or any({named!r} in n["resources"] for n in nodes)
+    if (len(nodes) >= {count} and named_up) or time.monotonic() > deadline:
         print(json.dumps(nodes)); break
     time.sleep(1)
 """
@@ -107,8 +109,9 @@ while True:
         tail = out.stderr.strip().splitlines()[-1:] or [f"rc {out.returncode}"]
         raise SystemExit(f"local_cluster: could not reach the cluster at {address}: {tail[0]}")
     nodes = json.loads(lines[-1])
-    if len(nodes) < count:
-        raise SystemExit(f"local_cluster: {len(nodes)} of {count} nodes came up at {address} in {timeout_s:.0f} s")
+    if len(nodes) < count or (named and not any(named in n["resources"] for n in nodes)):
+        what = f"node {named}" if named else f"{count} nodes ({len(nodes)} up)"
+        raise SystemExit(f"local_cluster: {what} did not come up at {address} in {timeout_s:.0f} s")
     return nodes
 
 
@@ -185,20 +188,8 @@ def add_worker(base: Path, *, timeout_s: float = 180) -> dict:
     taken = {n["name"] for n in state["nodes"]}
     name = next(f"worker-{i}" for i in range(1, 100) if f"worker-{i}" not in taken)
     state["nodes"].append(_spawn_worker(base, state, name))
-    alive_workers = len(_alive_workers(base, state))
-    _record_node_ids(base, state, _wait_nodes(base, state["address"], alive_workers + 1, timeout_s))
+    _record_node_ids(base, state, _wait_nodes(base, state["address"], 1, timeout_s, named=name))
     return state
-
-
-def _alive_workers(base: Path, state: dict) -> list[dict]:
-    out = []
-    for node in state["nodes"]:
-        try:
-            os.killpg(node["pgid"], 0)
-        except ProcessLookupError:
-            continue
-        out.append(node)
-    return out
 
 
 def load(base: Path) -> dict:
