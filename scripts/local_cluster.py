@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -59,7 +60,9 @@ def _ray() -> str:
 def _node_args(temp_dir: Path) -> list[str]:
     ports = _free_ports(len(_PORT_FLAGS) + 1)
     args = [f"{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports)]
-    low = 20000 + (ports[-1] % 200) * 200  # a worker-port range per node, apart from the others'
+    # A worker-port range per node below Linux's ephemeral range (32768-60999), where every port above was
+    # picked: a range there could hold the GCS's or another component's port.
+    low = 10000 + random.randrange(100) * 200
     return [*args, f"--min-worker-port={low}", f"--max-worker-port={low + 199}", f"--temp-dir={temp_dir}",
             "--disable-usage-stats", "--block"]
 
