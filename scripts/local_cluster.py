@@ -35,6 +35,9 @@ _PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agen
                "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
 
 
+_RANGE = [random.randrange(100)]
+
+
 def _free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):
@@ -62,7 +65,8 @@ def _node_args(temp_dir: Path) -> list[str]:
     args = [f"{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports)]
     # A worker-port range per node below Linux's ephemeral range (32768-60999), where every port above was
     # picked: a range there could hold the GCS's or another component's port.
-    low = 10000 + random.randrange(100) * 200
+    _RANGE[0] = (_RANGE[0] + 1) % 100  # consecutive nodes of one cluster never share a range
+    low = 10000 + _RANGE[0] * 200
     return [*args, f"--min-worker-port={low}", f"--max-worker-port={low + 199}", f"--temp-dir={temp_dir}",
             "--disable-usage-stats", "--block"]
 
