@@ -26,7 +26,7 @@ from hybrid._reaper import _token_in_use
 from hybrid.config import RuntimeConfig
 from hybrid.runtime import _AUTH_TOKEN, _RAY_TMP, _free_port, running
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.cluster]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 ADDRESS_FILE = _RAY_TMP / "ray_current_cluster"
