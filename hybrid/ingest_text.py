@@ -197,6 +197,10 @@ def tokenize_dataset(dataset: ray.data.Dataset, *, tokenizer_dir: str, max_lengt
         batch_format="pyarrow",
         batch_size=1024,
         concurrency=1,
+        # One tokenizer actor that reserves no CPU: the dataset is lazy, and its Parquet reads stream into this
+        # actor; an actor holding a CPU beside a Spark executor holding the other left the reads none (a hang
+        # on 2 CPUs). concurrency=1 bounds its use.
+        num_cpus=0,
         **options,
     )
 
