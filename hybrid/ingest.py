@@ -366,8 +366,9 @@ def hand_off(
     splits: dict[str, DataFrame], *, counts: dict[str, int], config: DataConfig, run_dir: Path
 ) -> dict[str, ray.data.Dataset]:
     """:func:`to_ray` for each split (Parquet under ``<run_dir>/data/handoff/``), checking the files hold
-    exactly the rows Spark counted. The datasets are lazy (see :func:`to_ray`)."""
-    from hybrid.handoff import HANDOFF_DIR
+    exactly the rows Spark counted. Read into Ray at once when a CPU is free beside Spark, else lazy
+    (see :func:`cpu_free_beside_spark`)."""
+    from hybrid.handoff import HANDOFF_DIR, materialize
 
     base = (run_dir / "data" / HANDOFF_DIR).resolve()
     handed = {name: to_ray(df, dest=base / name, rows=counts[name], num_blocks=config.blocks_per_split)
@@ -375,7 +376,17 @@ def hand_off(
     received = {name: rows for name, (_, rows) in handed.items()}
     if received != counts:
         raise RuntimeError(f"bug: Spark counted {counts} rows per split, but wrote {received} for Ray")
-    return {name: ds for name, (ds, _) in handed.items()}
+    datasets = {name: ds for name, (ds, _) in handed.items()}
+    return materialize(datasets) if cpu_free_beside_spark() else datasets
+
+
+def cpu_free_beside_spark() -> bool:
+    """Whether a Ray task can get a CPU now, beside Spark's executors (then the hand-off reads at once, as a
+    caller of :func:`ingest` expects; otherwise the splits stay lazy until Spark is stopped: on a cluster of
+    1-CPU nodes the executors hold every CPU and a read would wait forever)."""
+    import ray
+
+    return ray.available_resources().get("CPU", 0.0) >= 1
 
 
 def check_accounted(rows_in: int, counts: dict[str, int], quarantined: dict[str, int]) -> None:
