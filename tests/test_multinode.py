@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests._cluster import local_cluster
+from tests._cluster import local_cluster, running_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.spark, pytest.mark.cluster]
 
@@ -36,19 +34,12 @@ SLICE = [
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, Any]]:
-    # A short base: Ray's unix sockets live under each node's temp dir, and socket paths are limited to
-    # 107 bytes (pytest's tmp paths are too long: the head's dashboard then fails to start).
     reuse = os.environ.get("HYBRID_TEST_CLUSTER")  # a cluster started by hand: scripts/local_cluster.py start --dir
     if reuse:
         yield {**local_cluster.load(Path(reuse)), "base": Path(reuse), "env": local_cluster.cluster_env(Path(reuse))}
         return
-    base = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))
-    try:
-        state = local_cluster.start(base, workers=2, worker_cpus=1)
-        yield {**state, "base": base, "env": local_cluster.cluster_env(base)}
-    finally:
-        local_cluster.stop(base)
-        shutil.rmtree(base, ignore_errors=True)
+    with running_cluster() as cluster:
+        yield cluster
 
 
 def hybrid(cluster: dict[str, Any], command: str, workdir: Path, sets: list[str], *, timeout: float = 900,

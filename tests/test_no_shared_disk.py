@@ -16,14 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests._cluster import local_cluster
+from tests._cluster import running_cluster
 
 from hybrid.testing import minilm_dir
 
@@ -54,15 +53,8 @@ if not _can_unshare():
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, Any]]:
-    # A short base, not pytest's tmp_path: Ray's sockets live under it and AF_UNIX paths stop at 107 bytes
-    # (under /tmp/pytest-of-root/pytest-NN/... the dashboard's MetricsHead socket is past it once NN >= 10).
-    base = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))
-    try:
-        state = local_cluster.start(base, workers=2, worker_cpus=1)
-        yield {**state, "base": base, "env": local_cluster.cluster_env(base)}
-    finally:
-        local_cluster.stop(base)
-        shutil.rmtree(base, ignore_errors=True)
+    with running_cluster() as cluster:
+        yield cluster
 
 
 def _drive(cluster: dict[str, Any], tmp: Path, *, ship: bool) -> dict[str, Any]:
