@@ -240,7 +240,7 @@ def ingest_text(spark: SparkSession, config: DataConfig, *, run_dir: Path, token
         name: tokenize_dataset(ds, tokenizer_dir=tokenizer_dir, max_length=config.max_seq_length)
         for name, ds in converted.items()
     }
-    from ray.data import MaterializedDataset
+    from ray.data.dataset import MaterializedDataset
 
     if all(isinstance(ds, MaterializedDataset) for ds in converted.values()):
         datasets = {name: ds.materialize() for name, ds in datasets.items()}  # its actor needs no CPU
