@@ -16,12 +16,11 @@ run replaces them. On a multi-node cluster the run directory must be storage eve
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from hybrid import _atomic
 
 if TYPE_CHECKING:
     import ray.data
@@ -77,24 +76,18 @@ def write_table(df: DataFrame, dest: Path, *, rows: int, min_blocks: int) -> lis
     """
     conf = df.sparkSession.sparkContext.getConf()
     heap = memory_bytes(conf.get("spark.executor.memory", "1g"))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.name}.*"):  # left by a run killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    (
-        # Uncompressed and without dictionaries: the files live on local or cluster storage for minutes, and
-        # features (floats, pixels, token ids) rarely repeat; both cost CPU on write and read for nothing.
-        df.write.option("parquet.block.size", str(row_group_bytes(heap)))
-        .option("compression", "none")
-        .option("parquet.enable.dictionary", "false")
-        .option("maxRecordsPerFile", str(rows_per_file(rows, min_blocks=min_blocks)))
-        .parquet(str(tmp.resolve()))
-    )
-    if dest.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(dest, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.rename(tmp, dest)
+    _atomic.remove_debris(dest.parent)  # what a run killed mid-write left
+    with _atomic.replace_dir(dest) as tmp:
+        (
+            # Uncompressed and without dictionaries: the files live on local or cluster storage for minutes, and
+            # features (floats, pixels, token ids) rarely repeat; both cost CPU on write and read for nothing.
+            df.write.mode("overwrite")  # into replace_dir's fresh, empty temporary directory
+            .option("parquet.block.size", str(row_group_bytes(heap)))
+            .option("compression", "none")
+            .option("parquet.enable.dictionary", "false")
+            .option("maxRecordsPerFile", str(rows_per_file(rows, min_blocks=min_blocks)))
+            .parquet(str(tmp.resolve()))
+        )
     return parquet_files(dest)
 
 
