@@ -143,3 +143,17 @@ def test_a_pin_bumped_without_the_manifest_fails_the_check() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     bumped = re.sub(r"(ray\[[\w,]+\]==)([\w.]+)", lambda m: m.group(1) + m.group(2) + ".post1", text)
     assert _ray_pin(tomllib.loads(bumped)) == _ray_pin() + ".post1" != _cluster()["spec"]["rayVersion"]
+
+
+def test_the_repository_tracks_no_symlinks_and_none_of_what_setup_installs() -> None:
+    """A fresh clone must hold only the project: a tracked link (a worktree's ``data -> /work/main/data``
+    once landed this way) makes setup.sh's ``mkdir -p data`` loop on it, and CI fails before one test runs."""
+    import subprocess
+
+    if not (ROOT / ".git").exists():
+        return  # an sdist or copied tree: nothing tracked to check
+    listing = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-s"], capture_output=True, text=True, check=True)
+    links = [line.split("\t", 1)[1] for line in listing.stdout.splitlines() if line.startswith("120000 ")]
+    assert links == [], f"tracked symlinks (check them out as plain files or ignore them): {links}"
+    tracked = {line.split("\t", 1)[1].split("/", 1)[0] for line in listing.stdout.splitlines()}
+    assert not tracked & {"data", "runs", ".venv"}, f"setup/run outputs are tracked: {sorted(tracked & {'data', 'runs', '.venv'})}"
