@@ -208,11 +208,12 @@ def child(args: argparse.Namespace) -> int:
     """Run every path at one (shape, rows) in this process; one ``RESULT {json}`` line per path."""
     warnings.filterwarnings("ignore", message="DataFrame.sql_ctx is an internal property")
     from hybrid.config import RuntimeConfig
-    from hybrid.handoff import memory_bytes
+    from raydp.utils import parse_memory_size
+
     from hybrid.runtime import running
 
     shape, rows = args.child_shape, args.child_rows
-    heap = memory_bytes(args.executor_memory)
+    heap = parse_memory_size(args.executor_memory)
     storage = Path(args.storage_dir)
     config = RuntimeConfig(spark_executor_memory=args.executor_memory, spark_driver_memory=args.driver_memory)
     with running(config) as runtime:

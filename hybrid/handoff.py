@@ -16,7 +16,6 @@ run replaces them. On a multi-node cluster the run directory must be storage eve
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,22 +31,6 @@ TARGET_BLOCK_BYTES = 128 * 2**20
 """Ray Data's default target block size; a Parquet row group is never larger than this."""
 HEAP_FRACTION = 8
 """A writing task buffers at most 1/HEAP_FRACTION of the executor heap in one row group."""
-_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_SIZE = re.compile(r"([1-9]\d*)([kmgt])b?", re.IGNORECASE)
-
-
-def memory_bytes(size: str) -> int:
-    """Bytes in a JVM memory size such as ``2g`` or ``512m`` (Spark's ``spark.executor.memory`` format).
-
-    Raises:
-        ValueError: If ``size`` is not a whole number with a unit k, m, g or t.
-    """
-    match = _SIZE.fullmatch(size.strip())
-    if match is None:
-        raise ValueError(f"a memory size must be a whole number with a unit (k, m, g or t), but got {size!r}")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
-
-
 def row_group_bytes(executor_memory: int) -> int:
     """Bytes of one Parquet row group: what one writing task holds in the executor heap at a time.
 
@@ -74,8 +57,10 @@ def write_table(df: DataFrame, dest: Path, *, rows: int, min_blocks: int) -> lis
     Returns:
         The data files, in Spark's row order.
     """
+    from raydp.utils import parse_memory_size  # RayDP reads spark.executor.memory with it too
+
     conf = df.sparkSession.sparkContext.getConf()
-    heap = memory_bytes(conf.get("spark.executor.memory", "1g"))
+    heap = parse_memory_size(conf.get("spark.executor.memory", "1g"))
     _atomic.remove_debris(dest.parent)  # what a run killed mid-write left
     with _atomic.replace_dir(dest) as tmp:
         (

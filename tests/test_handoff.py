@@ -5,21 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
-from hybrid.handoff import TARGET_BLOCK_BYTES, memory_bytes, parquet_files, row_group_bytes, rows_per_file
-
-
-@pytest.mark.parametrize(("text", "expected"), [("2g", 2 * 2**30), ("512m", 512 * 2**20), ("1G", 2**30),
-                                                 ("64kb", 64 * 2**10)])
-def test_memory_bytes_reads_spark_sizes(text: str, expected: int) -> None:
-    assert memory_bytes(text) == expected
-
-
-@pytest.mark.parametrize("text", ["2", "0g", "1.5g", "g", ""])
-def test_memory_bytes_names_the_rule_and_the_value(text: str) -> None:
-    with pytest.raises(ValueError, match=f"unit.*but got {text!r}"):
-        memory_bytes(text)
+from hybrid.handoff import TARGET_BLOCK_BYTES, parquet_files, row_group_bytes, rows_per_file
 
 
 def test_row_groups_follow_the_executor_heap_up_to_rays_block_size() -> None:
