@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from hybrid.handoff import TARGET_BLOCK_BYTES, parquet_files, row_group_bytes, rows_per_file
 
 
