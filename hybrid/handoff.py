@@ -103,8 +103,11 @@ def parquet_rows(files: list[str]) -> int:
 
 
 def materialize(datasets: dict[str, ray.data.Dataset]) -> dict[str, ray.data.Dataset]:
-    """Each dataset read into Ray's object store (call it after Spark's executors are stopped)."""
-    return {name: ds.materialize() for name, ds in datasets.items()}
+    """Each dataset read into Ray's object store (call it after Spark's executors are stopped); one that
+    :func:`hybrid.ingest.hand_off` already read is passed through as it is."""
+    from ray.data.dataset import MaterializedDataset
+
+    return {name: ds if isinstance(ds, MaterializedDataset) else ds.materialize() for name, ds in datasets.items()}
 
 
 def spark_to_ray(df: DataFrame, dest: Path, *, rows: int, min_blocks: int = 1) -> tuple[ray.data.Dataset, int]:
