@@ -7,21 +7,17 @@ the same way (same rows, batch size and threads).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hybrid import _atomic
 
 if TYPE_CHECKING:
     import ray.data
 
 LATENCY_BATCH = 256
 """Rows per timed forward pass."""
-MODEL_FILES = ("model.safetensors", "model.json", "manifest.json")
-"""Files of a float model directory besides its sub-directories (a tokenizer); training state is not shipped."""
 
 
 @dataclass
@@ -65,36 +61,6 @@ def measure_model(
         latency = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, threads=os.cpu_count() or 1)
     return ModelReport(test=result.metrics, test_confusion_matrix=result.confusion_matrix, size_bytes=file_bytes,
                        latency_ms_per_sample=latency)
-
-
-def adopt_checkpoint(checkpoint: Path, directory: Path) -> Path:
-    """Copy the model of a training checkpoint to ``directory``, atomically: all of it or none.
-
-    Only the model travels (weights, ``model.json``, manifest and asset sub-directories such as a
-    tokenizer), not the optimiser state a checkpoint holds for resuming.
-
-    Raises:
-        TrainingError: If the checkpoint directory does not exist.
-    """
-    from hybrid.errors import TrainingError
-
-    if not (checkpoint / "model.json").is_file():
-        raise TrainingError(f"checkpoint {checkpoint} does not exist (or holds no model.json); it cannot be adopted")
-    from hybrid.artifacts import MANIFEST, ArtifactError, write_manifest
-
-    recorded = _atomic.read_json(checkpoint / MANIFEST, what="checkpoint manifest")
-    recorded = recorded.get("files", {}) if isinstance(recorded, dict) else {}
-    with _atomic.replace_dir(directory) as tmp:
-        for entry in checkpoint.iterdir():
-            if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name)
-            elif entry.name in MODEL_FILES and entry.name != MANIFEST:
-                shutil.copy2(entry, tmp / entry.name)
-        copied = write_manifest(tmp)
-        altered = sorted(name for name, digest in copied.items() if recorded.get(name) != digest)
-        if altered:
-            raise ArtifactError(f"checkpoint {checkpoint}: {altered} do not match its manifest; not adopted")
-    return directory
 
 
 def side_by_side(

@@ -305,12 +305,14 @@ def _metadata(data: IngestResult) -> dict[str, Any]:
 
 
 def _adopt(ctx: _Run, checkpoint: Path, name: str) -> tuple[Path, Any, dict[str, Any]]:
-    """Copy a float checkpoint's model to ``run_dir/name`` and measure it: ``(directory, report, metadata)``."""
-    from hybrid.artifacts import WEIGHTS, load_model
-    from hybrid.measure import adopt_checkpoint, measure_model
+    """Copy a checkpoint's model directory (verified against its manifest; the training state beside it is
+    not shipped) to ``run_dir/name`` and measure it: ``(directory, report, metadata)``."""
+    from hybrid.artifacts import WEIGHTS, copy_model, load_model
+    from hybrid.measure import measure_model
 
     data = ctx.dataset()
-    directory = adopt_checkpoint(checkpoint, ctx.run_dir / name)
+    directory = ctx.run_dir / name
+    copy_model(checkpoint, directory)
     model, meta = load_model(directory)
     report = measure_model(model, directory, data.test, num_classes=ctx.config.data.num_classes,
                            eval_batch_size=ctx.config.train.eval_batch_size,
