@@ -184,8 +184,13 @@ def _spawn_worker(base: Path, state: dict, name: str) -> dict:
 
 def _record_node_ids(base: Path, state: dict, alive: list[dict]) -> None:
     names = [n["name"] for n in state["nodes"]]
-    state["node_ids"] = {row["node_id"]: next((n for n in names if n in row["resources"]), "?") for row in alive}
-    state["worker_node_ids"] = [row["node_id"] for row in alive if "worker" in row["resources"]]
+    # Ray reports a killed node alive until its heartbeats time out: it keeps its id -> name entry (so it can
+    # be named again) but is no longer one of the workers.
+    killed = {n["name"] for n in state["nodes"] if n.get("killed")}
+    ids = {row["node_id"]: next((n for n in names if n in row["resources"]), "?") for row in alive}
+    state["node_ids"] = {**state.get("node_ids", {}), **ids}
+    state["worker_node_ids"] = [row["node_id"] for row in alive
+                                if "worker" in row["resources"] and ids[row["node_id"]] not in killed]
     (base / STATE).write_text(json.dumps(state, indent=2))
 
 
@@ -213,6 +218,10 @@ def kill_node(base: Path, name: str) -> None:
     for node in state["nodes"]:
         if node["name"] == name:
             _killpg(node["pgid"])
+            node["killed"] = True
+            state["worker_node_ids"] = [i for i in state.get("worker_node_ids", [])
+                                        if state["node_ids"].get(i) != name]
+            (base / STATE).write_text(json.dumps(state, indent=2))
             return
     raise SystemExit(f"local_cluster: no node named {name!r}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import importlib.util
 import shutil
 import tempfile
@@ -37,3 +38,36 @@ def running_cluster(*, workers: int = 2, worker_cpus: int = 1) -> Iterator[dict[
     finally:
         local_cluster.stop(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+_shared: dict[str, Any] = {}
+
+
+def shared_cluster() -> dict[str, Any]:
+    """The one cluster the multi-node test modules share (started on first use; see :func:`stop_shared`).
+
+    ``HYBRID_TEST_CLUSTER=/tmp/hc-x`` uses a cluster started by hand (``scripts/local_cluster.py start --dir``)
+    instead, and leaves it running.
+    """
+    if not _shared:
+        reuse = os.environ.get("HYBRID_TEST_CLUSTER")
+        if reuse:
+            base = Path(reuse)
+            _shared.update({**local_cluster.load(base), "base": base, "env": local_cluster.cluster_env(base)})
+        else:
+            context = running_cluster()
+            _shared.update({**context.__enter__(), "_context": context})
+    return _shared
+
+
+def stop_shared() -> None:
+    """Stop the shared cluster, if this session started one."""
+    context = _shared.pop("_context", None)
+    _shared.clear()
+    if context is not None:
+        context.__exit__(None, None, None)
+
+
+def worker_node_ids(cluster: dict[str, Any]) -> set[str]:
+    """The node ids of the cluster's live worker nodes now (a test before may have replaced one)."""
+    return set(local_cluster.load(cluster["base"])["worker_node_ids"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -38,9 +39,26 @@ def spark(runtime: object) -> object:
     return runtime.start_spark(app_name="hybrid-tests")  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session")
+def cluster() -> dict[str, Any]:
+    """A real multi-node Ray on this host (a CPU-less head, two 1-CPU workers: ``scripts/local_cluster.py``),
+    shared by the ``cluster`` tests, which run first and stop it once the last of them is done."""
+    from tests._cluster import shared_cluster
+
+    return shared_cluster()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if item.get_closest_marker("cluster") is not None and (nextitem is None or nextitem.get_closest_marker("cluster") is None):
+        from tests._cluster import stop_shared
+
+        stop_shared()  # its three nodes' daemons would otherwise take CPU from every later test
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that start several Ray clusters on this host (marker ``cluster``) run only when asked for with
-    ``HYBRID_CLUSTER_TESTS=1``: they passed alone but not yet inside one full suite run (see README "Tests")."""
+    """Tests that start Ray clusters on this host (marker ``cluster``) run first, together, while no other Ray
+    is up, and only when asked for with ``HYBRID_CLUSTER_TESTS=1`` (see README "Tests")."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is None)  # stable: file order otherwise
     if os.environ.get("HYBRID_CLUSTER_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="multi-cluster test: set HYBRID_CLUSTER_TESTS=1 to run it")

@@ -13,13 +13,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests._cluster import local_cluster, running_cluster
+from tests._cluster import local_cluster, worker_node_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.spark, pytest.mark.cluster]
 
@@ -28,18 +27,6 @@ SLICE = [
     "data.max_train_rows=1200", "data.max_test_rows=400", "tune.time_budget_s=null", "tune.n_startup_trials=2",
     "train.max_epochs=2", "distill.max_epochs=1", "quantize.backend=onnxruntime", "quantize.calibration_samples=256",
 ]
-
-
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, Any]]:
-    reuse = os.environ.get("HYBRID_TEST_CLUSTER")  # a cluster started by hand: scripts/local_cluster.py start --dir
-    if reuse:
-        yield {**local_cluster.load(Path(reuse)), "base": Path(reuse), "env": local_cluster.cluster_env(Path(reuse))}
-        return
-    with running_cluster() as cluster:
-        yield cluster
 
 
 def hybrid(cluster: dict[str, Any], command: str, workdir: Path, sets: list[str], *, timeout: float = 900,
@@ -61,7 +48,7 @@ def test_run_places_trials_and_executors_on_two_worker_nodes(cluster: dict[str, 
                                       "runtime.spark_executors=2"])
     summary = json.loads((tmp_path / "runs" / "placed" / "summary.json").read_text())
     block = summary["cluster"]
-    workers = set(cluster["worker_node_ids"])
+    workers = worker_node_ids(cluster)
     head = {n["node_id"] for n in block["nodes"] if n["head"]}
     assert {n["node_id"] for n in block["nodes"]} == workers | head and len(head) == 1
     # Trials, Spark executors and training workers ran on both worker nodes, never on the CPU-less head.
@@ -142,7 +129,7 @@ def test_two_ddp_workers_on_two_nodes_learn_as_one_worker_does(cluster: dict[str
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     one, two = result["1"], result["2"]
-    assert set(two["train_workers"]) == set(cluster["worker_node_ids"]), two  # one worker on each node
+    assert set(two["train_workers"]) == worker_node_ids(cluster), two  # one worker on each node
     assert sum(one["train_workers"].values()) == 1
     assert one["val_accuracy"] > 0.8 and two["val_accuracy"] > 0.8, result
     assert abs(one["val_accuracy"] - two["val_accuracy"]) <= 0.1, result

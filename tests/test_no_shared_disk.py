@@ -16,13 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests._cluster import running_cluster
+from tests._cluster import worker_node_ids
 
 from hybrid.testing import minilm_dir
 
@@ -32,8 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = minilm_dir()
 DRIVER = Path(__file__).with_name("no_shared_disk_driver.py")
 STEPS = ("train", "teacher_logits", "student")
-
-
 
 
 def _can_unshare() -> bool:
@@ -49,12 +46,6 @@ if MODEL is None:
 if not _can_unshare():
     pytest.skip("needs root and `unshare -m` (a private mount namespace) to hide the driver's files",
                 allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, Any]]:
-    with running_cluster() as cluster:
-        yield cluster
 
 
 def _drive(cluster: dict[str, Any], tmp: Path, *, ship: bool) -> dict[str, Any]:
@@ -88,15 +79,16 @@ def _failures(report: dict[str, Any]) -> str:
 
 def test_workers_get_the_model_and_teacher_through_the_object_store(cluster: dict[str, Any], tmp_path: Path) -> None:
     report = _drive(cluster, tmp_path, ship=True)
+    workers = worker_node_ids(cluster)
     try:
         # The isolation is real: the driver saw its files, a Ray worker and the host outside did not.
         assert report["driver_sees_minilm"] and report["private_is_empty_outside"]
         assert report["worker_view"]["exists"] is False
-        assert report["worker_view"]["node_id"] in cluster["worker_node_ids"]
+        assert report["worker_view"]["node_id"] in workers
         assert all(report[s]["ok"] for s in STEPS), _failures(report)
         # Training ran on a worker node (the head has no CPU), not where the driver is attached.
-        assert report["train"]["node_id"] in cluster["worker_node_ids"]
-        assert report["student"]["node_id"] in cluster["worker_node_ids"]
+        assert report["train"]["node_id"] in workers
+        assert report["student"]["node_id"] in workers
         assert report["teacher_logits"] == {"ok": True, "rows": 32, "shape": [32, 2]}
         # The student's config still names the user's (driver's) paths; only the workers read copies.
         assert report["student_config"]["init_from"] == str(tmp_path / "private" / "teacher")
