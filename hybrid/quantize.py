@@ -126,6 +126,10 @@ class InputSpec:
     dtype: str
 
 
+PAD_LOGIT = -1e4
+"""Per-position output at a padding position a dynamic int8 model never ran on (no span starts there)."""
+
+
 class Int8Model:
     """A runnable int8 model together with the exact bytes of its model file.
 
@@ -141,8 +145,13 @@ class Int8Model:
         inputs: Sequence[InputSpec],
         payload: bytes,
         num_threads: int | None = None,
+        padding_mask: str | None = None,
     ) -> None:
         self.backend, self.mode, self.inputs, self.payload = backend, mode, tuple(inputs), payload
+        names = [spec.name for spec in self.inputs]
+        if padding_mask is not None and padding_mask not in names:
+            raise ValueError(f"padding_mask must name one of the inputs {names}, but got {padding_mask!r}")
+        self.padding_mask = padding_mask
         self._run: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
         if backend == "torch":
             self._run = _quant_torch.runner(payload, _example_from_specs(self.inputs))
@@ -166,7 +175,42 @@ class Int8Model:
                 shape = ["batch" if d is None else d for d in spec.shape]
                 raise ValueError(f"input {spec.name!r} must have shape {shape}, but got {list(x.shape)}")
             cast.append(x.detach().cpu().to(getattr(torch, spec.dtype)))
+        if self.mode == "dynamic":
+            return self._row_by_row(tuple(cast))
         return self._run(tuple(cast))
+
+    def _row_by_row(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Run each row alone, cut to its own length: dynamic quantization takes one activation range over
+        the whole input tensor, so in a batch a row's logits would depend on its batch mates (and their
+        padding). Alone, a row gets the same answer in any batch, order or Spark partition."""
+        rows = inputs[0].shape[0]
+        if rows == 0:
+            return self._run(inputs)
+        lengths = self._lengths(inputs)
+        sequence = [len(spec.shape) == 2 and spec.shape[1] is None for spec in self.inputs]
+        width = next((x.shape[1] for x, seq in zip(inputs, sequence) if seq), None)
+        out = []
+        for i in range(rows):
+            n = lengths[i] if lengths is not None else None
+            logits = self._run(tuple(x[i : i + 1, :n] if n is not None and seq else x[i : i + 1]
+                                     for x, seq in zip(inputs, sequence)))
+            if n is not None and width is not None and logits.dim() >= 2 and logits.shape[1] == n < width:
+                # Per-position outputs (a span head's start/end logits): the cut-off padding gets PAD_LOGIT.
+                pad = logits.new_full((1, width - n, *logits.shape[2:]), PAD_LOGIT)
+                logits = torch.cat([logits, pad], dim=1)
+            out.append(logits)
+        return torch.cat(out)
+
+    def _lengths(self, inputs: tuple[torch.Tensor, ...]) -> list[int] | None:
+        """Each row's length before its padding (right-padded rows: a mask of ones, then zeros), if the model
+        names a padding mask; a row whose mask is not of that shape is run uncut."""
+        if self.padding_mask is None:
+            return None
+        mask = inputs[[spec.name for spec in self.inputs].index(self.padding_mask)] != 0
+        lengths = mask.sum(dim=1)
+        lengths = [int(n) if bool(mask[i, : int(n)].all()) and int(n) > 0 else mask.shape[1]
+                   for i, n in enumerate(lengths)]
+        return lengths
 
     def __repr__(self) -> str:
         return f"Int8Model(backend={self.backend!r}, mode={self.mode!r}, size_bytes={self.size_bytes})"
@@ -246,6 +290,7 @@ def quantize(
     eval_batches: Iterable[Mapping[str, torch.Tensor]],
     reference_accuracy: float | None = None,
     input_columns: Sequence[str] = ("pixels",),
+    padding_mask: str | None = None,
 ) -> QuantizeResult:
     """Quantize a trained float model to int8, measure it against the float model and apply the gate.
 
@@ -258,6 +303,8 @@ def quantize(
             and latency.
         reference_accuracy: The gate's reference (the teacher's accuracy); ``None``: the float model's.
         input_columns: Columns fed to ``model.forward`` positionally, in order.
+        padding_mask: The input column whose zeros mark a row's trailing padding (a BERT's attention mask):
+            a dynamically quantized model runs each row cut to its length (see :class:`Int8Model`).
 
     Returns:
         A :class:`QuantizeResult`; check ``passed_gate`` before shipping ``model``.
@@ -295,7 +342,8 @@ def quantize(
         for backend in backends:
             try:
                 payload = _quantize_bytes(backend, model, calibration, specs, mode, config, reduce_range=reduce_range)
-                int8 = Int8Model(backend=backend, mode=mode, inputs=specs, payload=payload, num_threads=threads)
+                int8 = Int8Model(backend=backend, mode=mode, inputs=specs, payload=payload, num_threads=threads,
+                                padding_mask=padding_mask)
             except Exception as err:  # noqa: BLE001 - auto tries the other backend; an explicit one re-raises
                 if config.backend != "auto":
                     if isinstance(err, HybridError):
@@ -386,7 +434,7 @@ def save_quantized(
         "config": to_dict(config),
         "format": _FORMATS[int8.backend],
         "backend": int8.backend,
-        "quantization": {"dtype": "int8", "mode": int8.mode},
+        "quantization": {"dtype": "int8", "mode": int8.mode, "padding_mask": int8.padding_mask},
         "inputs": [to_dict(spec) for spec in int8.inputs],
         "outputs": [OUTPUT],
         "size_bytes": int8.size_bytes,
@@ -433,7 +481,8 @@ def load_quantized(directory: str | Path, *, num_threads: int | None = None) -> 
     specs, mode = _saved_inputs(directory, meta)
     payload = (directory / present[0]).read_bytes()
     try:
-        model = Int8Model(backend=backend, mode=mode, inputs=specs, payload=payload, num_threads=num_threads)
+        model = Int8Model(backend=backend, mode=mode, inputs=specs, payload=payload, num_threads=num_threads,
+                          padding_mask=meta["quantization"].get("padding_mask"))
     except ValueError as err:  # a pickle inside the .pt2 archive, or ONNX inputs that disagree with model.json
         raise ArtifactError(f"{directory}: {err}") from None
     except HybridError:
@@ -653,7 +702,7 @@ def quantize_student(
     result = quantize(
         model, datasets["train"].iter_torch_batches(batch_size=256, collate_fn=collate), config,
         eval_batches=datasets["val"].iter_torch_batches(batch_size=1024, collate_fn=collate),
-        reference_accuracy=reference, input_columns=columns,
+        reference_accuracy=reference, input_columns=columns, padding_mask=get_family(family).padding_mask,
     )
     shipped = {k: v for k, v in read_metadata(student_dir).items() if k in ("normalizer", "label_names", "max_seq_length")}
     with _atomic.replace_dir(out_dir) as tmp:  # a fresh directory: nothing of an earlier attempt stays

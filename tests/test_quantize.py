@@ -115,7 +115,7 @@ def test_artifact_round_trip(result: QuantizeResult, fixed_batch: torch.Tensor, 
     )
     assert sorted(p.name for p in directory.iterdir()) == sorted([MODEL_FILES[backend], "model.json", "manifest.json"])
     loaded, meta = load_quantized(directory, num_threads=1)
-    assert meta["backend"] == backend and meta["quantization"] == {"dtype": "int8", "mode": "static"}
+    assert meta["backend"] == backend and meta["quantization"] == {"dtype": "int8", "mode": "static", "padding_mask": None}
     assert meta["normalizer"] == {"mean": 0.0, "std": 1.0} and meta["config"]["base_channels"] == 8
     assert meta["inputs"] == [{"name": "pixels", "shape": [None, 64], "dtype": "float32"}]
     assert torch.equal(loaded(fixed_batch), int8(fixed_batch))
@@ -181,6 +181,25 @@ def test_linear_model_gets_dynamic_quantization(fixed_batch: torch.Tensor) -> No
         assert (actual.argmax(1) == expected.argmax(1)).float().mean().item() >= MIN_AGREEMENT
         assert (actual - expected).abs().max().item() <= MAX_DIFF_OF_SPREAD * spread
     assert _int8_ranges(result) == _ranges(reduced=int8_reduce_range())  # the default follows this CPU
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_dynamic_int8_row_gets_the_same_logits_in_any_batch(fixed_batch: torch.Tensor, backend: str) -> None:
+    """Dynamic quantization scales activations per input tensor: run in a batch, a row's logits would depend
+    on its batch mates. Each row runs alone, so batches of 1, 5 or 256, in any order, give identical logits."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    config = QuantizeConfig(backend=backend, latency_repeats=1, latency_batch_size=8, num_threads=1)
+    int8 = quantize(mlp, toy_batches(64, seed=0), config, eval_batches=toy_batches(32, seed=1)).model
+    assert int8.mode == "dynamic"
+    whole = int8(fixed_batch)
+    for size in (1, 5):
+        assert torch.equal(torch.cat([int8(part) for part in fixed_batch.split(size)]), whole)
+    order = torch.randperm(len(fixed_batch), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(int8(fixed_batch[order]), whole[order])
+    # What the row-by-row run prevents: the same rows as one tensor in one call give other logits.
+    batched = int8._run((fixed_batch,))
+    assert not torch.equal(batched, whole)
 
 
 def test_an_explicit_reduce_range_overrides_the_cpu() -> None:

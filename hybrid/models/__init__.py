@@ -26,6 +26,7 @@ register_model(
     localize=bert.localize,
     modality="text",
     path_fields=bert.PATH_FIELDS,
+    padding_mask=bert.ATTENTION_MASK,
 )
 register_model(
     "bert_qa",
@@ -38,6 +39,7 @@ register_model(
     task="spans",
     modality="qa",
     path_fields=bert.PATH_FIELDS,
+    padding_mask=bert.ATTENTION_MASK,
 )
 
 __all__ = [

@@ -52,6 +52,10 @@ class ModelFamily:
     metrics: tuple[str, ...] = ()
     """Validation metrics the family reports, which ``tune.metric`` may name (empty: its task's, from
     :data:`TASK_METRICS`)."""
+    padding_mask: str | None = None
+    """The input column whose zeros mark a row's trailing padding (a BERT's attention mask); ``None``: rows
+    are not padded. A dynamically quantized model runs each row cut to its length, so that a row's answer
+    never depends on its batch mates."""
     path_fields: tuple[str, ...] = ()
     """Config fields naming local directories that building the model or its collate reads (a BERT's
     ``pretrained_dir``, ``init_from``): shipped to Ray workers, never opened there by the driver's path."""
@@ -79,12 +83,13 @@ def register_model(
     modality: str = "images",
     metrics: tuple[str, ...] = (),
     path_fields: tuple[str, ...] = (),
+    padding_mask: str | None = None,
 ) -> None:
     """Register a model family under ``name`` (re-registering the same name replaces it)."""
     _REGISTRY[name] = ModelFamily(
         name=name, config_cls=config_cls, build=build, input_columns=input_columns, collate=collate,
         export_assets=export_assets, localize=localize, task=task, modality=modality, metrics=metrics,
-        path_fields=path_fields,
+        path_fields=path_fields, padding_mask=padding_mask,
     )
 
 
