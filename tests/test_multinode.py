@@ -124,8 +124,9 @@ def test_a_lost_worker_node_costs_the_trial_only_its_epoch_in_flight(cluster: di
 
 def test_two_ddp_workers_on_two_nodes_learn_as_one_worker_does(cluster: dict[str, Any], tmp_path: Path) -> None:
     """train.num_workers: 2 spreads over both 1-CPU nodes (gloo across nodes); each worker reads half the rows
-    (Ray Data shards the train split), the batch size is per worker (global batch = 2 x 32) and the learning
-    rate is not scaled; validation accuracy matches one worker's within noise on the same toy slice."""
+    (Ray Data shards the train split) and the batch size is per worker, so 2 workers at 16 take the global
+    batch (and steps) of 1 worker at 32, with the learning rate unscaled; validation accuracy then matches
+    one worker's within noise on the same toy slice."""
     env = {**os.environ, **cluster["env"], "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_child.py"), cluster["address"],
