@@ -152,6 +152,7 @@ class Int8Model:
         if padding_mask is not None and padding_mask not in names:
             raise ValueError(f"padding_mask must name one of the inputs {names}, but got {padding_mask!r}")
         self.padding_mask = padding_mask
+        self._mask_index = names.index(padding_mask) if padding_mask is not None else None
         self._run: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
         if backend == "torch":
             self._run = _quant_torch.runner(payload, _example_from_specs(self.inputs))
@@ -204,13 +205,11 @@ class Int8Model:
     def _lengths(self, inputs: tuple[torch.Tensor, ...]) -> list[int] | None:
         """Each row's length before its padding (right-padded rows: a mask of ones, then zeros), if the model
         names a padding mask; a row whose mask is not of that shape is run uncut."""
-        if self.padding_mask is None:
+        if self._mask_index is None:
             return None
-        mask = inputs[[spec.name for spec in self.inputs].index(self.padding_mask)] != 0
-        lengths = mask.sum(dim=1)
-        lengths = [int(n) if bool(mask[i, : int(n)].all()) and int(n) > 0 else mask.shape[1]
-                   for i, n in enumerate(lengths)]
-        return lengths
+        mask = inputs[self._mask_index] != 0
+        return [int(n) if int(n) > 0 and bool(mask[i, : int(n)].all()) else mask.shape[1]
+                for i, n in enumerate(mask.sum(dim=1))]
 
     def __repr__(self) -> str:
         return f"Int8Model(backend={self.backend!r}, mode={self.mode!r}, size_bytes={self.size_bytes})"
