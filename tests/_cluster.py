@@ -41,6 +41,7 @@ def running_cluster(*, workers: int = 2, worker_cpus: int = 1) -> Iterator[dict[
 
 
 _shared: dict[str, Any] = {}
+_stack = contextlib.ExitStack()
 
 
 def shared_cluster() -> dict[str, Any]:
@@ -55,17 +56,14 @@ def shared_cluster() -> dict[str, Any]:
             base = Path(reuse)
             _shared.update({**local_cluster.load(base), "base": base, "env": local_cluster.cluster_env(base)})
         else:
-            context = running_cluster()
-            _shared.update({**context.__enter__(), "_context": context})
+            _shared.update(_stack.enter_context(running_cluster()))
     return _shared
 
 
 def stop_shared() -> None:
     """Stop the shared cluster, if this session started one."""
-    context = _shared.pop("_context", None)
     _shared.clear()
-    if context is not None:
-        context.__exit__(None, None, None)
+    _stack.close()
 
 
 def worker_node_ids(cluster: dict[str, Any]) -> set[str]:
