@@ -203,6 +203,7 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
                    fingerprints=fingerprints, restart=restart, results=dict(kept))
         if runtime is not None:
             echo(f"[run] Ray {runtime.cluster_resources().get('CPU', 0):.0f} CPUs; stages to run: {', '.join(pending)}")
+            _check_training_fits(config, pending)
         else:
             echo("[run] stages to run: none")
         if _NEEDS_DATA & set(pending):
@@ -226,6 +227,23 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
     echo(format_summary(summary))
     echo(f"report: {report}")
     return summary
+
+
+def _check_training_fits(config: Config, pending: Sequence[str]) -> None:
+    """Fail before ingest, not after it, if no node can ever hold a training worker that tune or distill asks for.
+
+    The stages check again with what is free when they start; this is the same check against the nodes'
+    totals, done while failing still costs nothing.
+    """
+    from hybrid import cluster
+
+    stage = next((s for s in ("tune", "distill") if s in pending), None)
+    if stage is None:
+        return
+    train = config.train
+    cluster.check_fits(stage, cluster.worker_request(cpus=train.cpus_per_worker, use_gpu=train.use_gpu),
+                       count=train.num_workers, what="each training worker",
+                       fix="lower train.cpus_per_worker or train.num_workers")
 
 
 def _supported_stages(config: Config) -> tuple[Stage, ...]:

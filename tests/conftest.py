@@ -57,11 +57,16 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that start Ray clusters on this host (marker ``cluster``, about 16 minutes) run first, together,
-    while no other Ray is up; ``HYBRID_CLUSTER_TESTS=0`` skips them (see README "Tests")."""
+    while no other Ray is up; ``HYBRID_CLUSTER_TESTS=0`` skips them. Tests marked ``full`` (heavier runs of
+    what the default tier also covers) run only with ``HYBRID_FULL_TESTS=1`` (see README "Tests")."""
     items.sort(key=lambda item: item.get_closest_marker("cluster") is None)  # stable: file order otherwise
-    if os.environ.get("HYBRID_CLUSTER_TESTS", "1") != "0":
-        return
-    skip = pytest.mark.skip(reason="multi-node test skipped: HYBRID_CLUSTER_TESTS=0")
-    for item in items:
-        if item.get_closest_marker("cluster") is not None:
-            item.add_marker(skip)
+    skips = []
+    if os.environ.get("HYBRID_CLUSTER_TESTS", "1") == "0":
+        skips.append(("cluster", "multi-node test skipped: HYBRID_CLUSTER_TESTS=0"))
+    if os.environ.get("HYBRID_FULL_TESTS", "0") != "1":
+        skips.append(("full", "full-tier test: run scripts/test.sh --full (HYBRID_FULL_TESTS=1)"))
+    for marker, reason in skips:
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)

@@ -42,6 +42,7 @@ def test_bad_config_exits_1_with_one_line_naming_the_key(override, message):
 @pytest.mark.spark
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.full  # the same chain runs in the default tier on the simulated cluster (test_multinode)
 def test_run_on_a_slice_of_fashion_mnist_goes_from_spark_to_scored_parquet(tmp_path):
     args = [
         "--set", "name=cli", "--set", f"runs_dir={tmp_path}",

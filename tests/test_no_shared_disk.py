@@ -99,6 +99,7 @@ def test_workers_get_the_model_and_teacher_through_the_object_store(cluster: dic
         _remove_cached(report.get("shipped_digests", []))
 
 
+@pytest.mark.full  # the control: the test above already checks the workers cannot see the driver's files
 def test_without_shipping_every_worker_step_fails_on_the_missing_path(cluster: dict[str, Any], tmp_path: Path) -> None:
     report = _drive(cluster, tmp_path, ship=False)
     assert report["driver_sees_minilm"] and report["worker_view"]["exists"] is False

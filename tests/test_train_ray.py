@@ -84,6 +84,7 @@ def _spec(max_epochs: int) -> LoopSpec:
 
 
 @pytest.mark.slow
+@pytest.mark.full  # resuming from a checkpoint is also what test_tune_kill_ray and test_multinode's lost node check
 def test_a_second_fit_with_the_same_name_resumes_and_continues_the_straight_curve(runtime, tmp_path):
     """3 epochs straight == 1 epoch, then a new fit under the same name/storage continuing to 3.
 
