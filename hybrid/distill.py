@@ -161,37 +161,26 @@ def add_teacher_logits(
     ).materialize()
 
 
-WIDTH_FIELDS = ("base_channels", "head_width")
-"""Config fields scaled by ``width_multiplier`` (those a family has)."""
-
-
 def student_config(
     family: str, teacher_config: dict[str, Any], overrides: dict[str, Any], *, width_multiplier: float = 1.0,
     teacher_dir: str | Path | None = None,
 ) -> Any:
-    """The student's architecture: the teacher's, narrowed by ``width_multiplier``, then ``overrides``.
+    """The student's architecture: the family's :attr:`~hybrid.models.registry.ModelFamily.make_student` of the
+    teacher's recorded config (a CNN narrowed by ``width_multiplier``; a BERT, which needs ``teacher_dir``,
+    keeping that fraction of the teacher's layers and starting from its fine-tuned weights), then
+    ``overrides``.
 
-    A BERT student (``teacher_dir`` required) keeps a subset of the teacher's layers and starts from the
-    teacher's fine-tuned weights.
+    Raises:
+        ConfigError: If the family cannot be distilled, or the student's config is invalid.
     """
-    from hybrid.models import model_config
+    from hybrid.errors import ConfigError
+    from hybrid.models import get_family, model_config
 
-    if "pretrained_dir" in teacher_config:
-        from hybrid.models.bert import ENCODER_DIR, student_layers
-
-        if teacher_dir is None:
-            raise ValueError("a BERT student starts from its teacher's weights: pass teacher_dir")
-        teacher_dir = Path(teacher_dir).resolve()
-        layers = student_layers(teacher_dir / ENCODER_DIR, width_multiplier)
-        params = {**teacher_config, "pretrained_dir": str(teacher_dir / ENCODER_DIR), "init_from": str(teacher_dir),
-                  "keep_layers": layers, "num_layers": 0, "frozen_layers": 0}
-        return model_config(family, {**params, **overrides})
-
-    narrowed = {
-        k: (max(1, round(v * width_multiplier)) if v else v) if k in WIDTH_FIELDS else v
-        for k, v in teacher_config.items()
-    }
-    return model_config(family, {**narrowed, **overrides})
+    make_student = get_family(family).make_student
+    if make_student is None:
+        raise ConfigError(f"model.name={family!r} has no student to distill into (its family has no make_student)")
+    params = make_student(teacher_config, width_multiplier=width_multiplier, teacher_dir=teacher_dir)
+    return model_config(family, {**params, **overrides})
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hybrid.models import bert
+from hybrid.models import bert, cnn
 from hybrid.models.bert import BertClassifier, BertConfig, BertSpanHead
 from hybrid.models.cnn import CNN, CNNConfig
 from hybrid.models.registry import (
@@ -15,7 +15,10 @@ from hybrid.models.registry import (
     register_model,
 )
 
-register_model("cnn", CNNConfig, CNN, input_columns=("pixels",))
+register_model(
+    "cnn", CNNConfig, CNN, input_columns=("pixels",), make_student=cnn.make_student,
+    data_fields=("num_classes", "image_size"),
+)
 register_model(
     "bert",
     BertConfig,
@@ -27,6 +30,8 @@ register_model(
     modality="text",
     path_fields=bert.PATH_FIELDS,
     padding_mask=bert.ATTENTION_MASK,
+    make_student=bert.make_student,
+    data_fields=("num_classes",),
 )
 register_model(
     "bert_qa",
@@ -40,6 +45,9 @@ register_model(
     modality="qa",
     path_fields=bert.PATH_FIELDS,
     padding_mask=bert.ATTENTION_MASK,
+    make_student=bert.make_student,
+    stages=("tune",),  # distilling, quantizing and Spark scoring of span models are not implemented yet
+    check_config=bert.check_spans,
 )
 
 __all__ = [

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -331,6 +332,23 @@ def student_layers(encoder_dir: str | Path, fraction: float) -> list[int]:
     total = int(json.loads((Path(encoder_dir) / "config.json").read_text())["num_hidden_layers"])
     kept = max(1, round(total * fraction))
     return [round((i + 1) * total / kept) - 1 for i in range(kept)]
+
+
+def make_student(
+    teacher_config: Mapping[str, Any], *, width_multiplier: float, teacher_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """A shallower BERT that starts from its teacher's fine-tuned weights: the teacher's recorded config
+    keeping :func:`student_layers` of the teacher saved in ``teacher_dir`` (``init_from``), nothing frozen.
+
+    Raises:
+        ValueError: If ``teacher_dir`` is None.
+    """
+    if teacher_dir is None:
+        raise ValueError("a BERT student starts from its teacher's weights: pass teacher_dir")
+    teacher_dir = Path(teacher_dir).resolve()
+    layers = student_layers(teacher_dir / ENCODER_DIR, width_multiplier)
+    return {**teacher_config, "pretrained_dir": str(teacher_dir / ENCODER_DIR), "init_from": str(teacher_dir),
+            "keep_layers": layers, "num_layers": 0, "frozen_layers": 0}
 
 
 def localize(config: dict[str, Any], directory: Path) -> dict[str, Any]:

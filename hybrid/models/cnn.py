@@ -7,8 +7,10 @@ a global average pool (or flatten) feeds an optional hidden layer of ``head_widt
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -120,3 +122,19 @@ class CNN(nn.Module):
             # (batch, C*H*W) -> (batch, C, H, W); a row of the wrong width raises instead of changing the batch size.
             images = images.reshape(images.shape[0], self.config.in_channels, side, side)
         return self.head(self.pool(self.features(images)))
+
+
+WIDTH_FIELDS = ("base_channels", "head_width")
+"""Config fields a student scales by ``width_multiplier``."""
+
+
+def make_student(
+    teacher_config: Mapping[str, Any], *, width_multiplier: float, teacher_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """A narrower CNN: the teacher's recorded config with :data:`WIDTH_FIELDS` scaled by ``width_multiplier``
+    (rounded, at least 1; a ``head_width`` of 0 stays 0). The student trains from fresh weights, so
+    ``teacher_dir`` is not read."""
+    return {
+        k: (max(1, round(v * width_multiplier)) if v else v) if k in WIDTH_FIELDS else v
+        for k, v in teacher_config.items()
+    }

@@ -17,12 +17,13 @@ from torch import nn
 
 from hybrid._dataclass_io import from_dict, show
 from hybrid.errors import ConfigError, did_you_mean
+from hybrid.models.tasks import TASKS, Task
 
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall", "val_loss"),
-    "spans": ("val_f1", "val_exact_match", "val_loss"),
-}
+TASK_METRICS: dict[str, tuple[str, ...]] = {name: task.metrics for name, task in TASKS.items()}
 """Validation metrics the training loop reports for each task: what ``tune.metric`` may name."""
+
+ALL_STAGES: tuple[str, ...] = ("tune", "distill", "quantize", "score")
+"""The pipeline's stages after ingest, in order."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,36 @@ class ModelFamily:
     path_fields: tuple[str, ...] = ()
     """Config fields naming local directories that building the model or its collate reads (a BERT's
     ``pretrained_dir``, ``init_from``): shipped to Ray workers, never opened there by the driver's path."""
+    make_student: Callable[..., dict[str, Any]] | None = None
+    """``(teacher_config, *, width_multiplier, teacher_dir) -> student params``: the plain config of a smaller
+    student made from a saved teacher's recorded config (``distill.student`` overrides are applied after);
+    ``None``: the family cannot be distilled."""
+    stages: tuple[str, ...] = ALL_STAGES
+    """Pipeline stages a model of this family goes through (of :data:`ALL_STAGES`); the others are skipped
+    with a note."""
+    check_config: Callable[[Any], None] | None = None
+    """Rules the family adds to its config class's own (raising ``ConfigError``), run when a run config is
+    loaded, so that they fail there rather than in a worker."""
+    data_fields: tuple[str, ...] = ()
+    """Model config fields that must equal the data config's field of the same name (a classifier's
+    ``num_classes``: labels beyond the head's classes crash the loss inside a worker; a CNN's
+    ``image_size``: rows of another size cannot be reshaped into its input)."""
 
     def __post_init__(self) -> None:
-        if self.task not in TASK_METRICS:
-            raise ValueError(f"task must be one of {list(TASK_METRICS)}, but got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)}, but got {self.task!r}")
+        unknown = [s for s in self.stages if s not in ALL_STAGES]
+        if unknown or "tune" not in self.stages:
+            raise ValueError(f"stages must include 'tune' and be among {list(ALL_STAGES)}, but got {list(self.stages)}")
+        if "distill" in self.stages and self.make_student is None:
+            raise ValueError(f"family {self.name!r} lists the distill stage, so it needs make_student")
         if not self.metrics:
-            object.__setattr__(self, "metrics", TASK_METRICS[self.task])
+            object.__setattr__(self, "metrics", TASKS[self.task].metrics)
+
+    @property
+    def evaluation(self) -> Task:
+        """How models of this family's task are evaluated (sums across workers, then metrics)."""
+        return TASKS[self.task]
 
 
 _REGISTRY: dict[str, ModelFamily] = {}
@@ -84,12 +109,18 @@ def register_model(
     metrics: tuple[str, ...] = (),
     path_fields: tuple[str, ...] = (),
     padding_mask: str | None = None,
+    make_student: Callable[..., dict[str, Any]] | None = None,
+    stages: tuple[str, ...] = ALL_STAGES,
+    check_config: Callable[[Any], None] | None = None,
+    data_fields: tuple[str, ...] = (),
 ) -> None:
-    """Register a model family under ``name`` (re-registering the same name replaces it)."""
+    """Register a model family under ``name`` (re-registering the same name replaces it); the keywords are
+    :class:`ModelFamily`'s fields."""
     _REGISTRY[name] = ModelFamily(
         name=name, config_cls=config_cls, build=build, input_columns=input_columns, collate=collate,
         export_assets=export_assets, localize=localize, task=task, modality=modality, metrics=metrics,
-        path_fields=path_fields, padding_mask=padding_mask,
+        path_fields=path_fields, padding_mask=padding_mask, make_student=make_student, stages=stages,
+        check_config=check_config, data_fields=data_fields,
     )
 
 
