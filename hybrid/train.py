@@ -30,8 +30,8 @@ from hybrid._dataclass_io import from_dict, to_dict
 from hybrid.config import TrainConfig
 from hybrid.distill import TEACHER_LOGITS, distillation_loss
 from hybrid.errors import TrainingError
-from hybrid.metrics import classification_metrics, confusion_matrix
 from hybrid.models import collate_fn, create_model, get_family, model_config
+from hybrid.models.tasks import LABEL, model_inputs
 from hybrid.schedules import build_scheduler
 from hybrid.train_state import (
     MODEL_DIR,
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     import ray.data
     from ray.train import Checkpoint
-
-LABEL = "label"
 
 
 @dataclass(frozen=True)
@@ -129,11 +127,6 @@ def autocast_context(config: TrainConfig, device: torch.device) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def model_inputs(batch: dict[str, torch.Tensor], columns: Sequence[str]) -> list[torch.Tensor]:
-    """The tensors ``forward`` takes, in the family's declared column order."""
-    return [batch[c] for c in columns]
-
-
 def train_epoch(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -196,78 +189,6 @@ def _optimizer_step(
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-
-
-@torch.no_grad()
-def evaluate_batches(
-    model: nn.Module | Any,
-    batches: Iterable[dict[str, torch.Tensor]],
-    *,
-    num_classes: int,
-    columns: Sequence[str],
-    device: torch.device,
-    config: TrainConfig | None = None,
-) -> tuple[np.ndarray, float, int]:
-    """Return ``(confusion matrix, summed cross-entropy, samples)`` of ``model`` over ``batches``."""
-    if isinstance(model, nn.Module):
-        model.eval()
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    loss_sum, seen = 0.0, 0
-    ctx = autocast_context(config, device) if config is not None else nullcontext()
-    for batch in batches:
-        labels = batch[LABEL].to(device).long()
-        with ctx:
-            logits = model(*(x.to(device) for x in model_inputs(batch, columns))).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        cm += confusion_matrix(labels.cpu().numpy(), logits.argmax(dim=1).cpu().numpy(), num_classes)
-        seen += len(labels)
-    return cm, loss_sum, seen
-
-
-SPAN_SUMS = ("exact_match", "f1", "examples", "loss", "windows")
-"""What :func:`evaluate_span_batches` sums (so that workers' results add up exactly)."""
-
-
-@torch.no_grad()
-def evaluate_span_batches(
-    model: nn.Module | Any,
-    batches: Iterable[dict[str, Any]],
-    *,
-    columns: Sequence[str],
-    device: torch.device,
-    config: TrainConfig | None = None,
-    max_answer_length: int = 30,
-) -> np.ndarray:
-    """Exact match and F1 of a span model over batches of whole examples (see ``QACollate``).
-
-    Returns:
-        Sums in :data:`SPAN_SUMS` order: exact matches, F1, examples, summed start/end
-        cross-entropy and windows.
-    """
-    from hybrid.qa import postprocess, squad_scores
-
-    if isinstance(model, nn.Module):
-        model.eval()
-    sums = np.zeros(len(SPAN_SUMS))
-    ctx = autocast_context(config, device) if config is not None else nullcontext()
-    for batch in batches:
-        labels = batch[LABEL].to(device).long()  # (windows, 2)
-        with ctx:
-            logits = model(*(batch[c].to(device) for c in columns)).float()  # (windows, seq_len, 2)
-        loss = F.cross_entropy(logits, labels, reduction="sum").item() / 2  # mean of start and end
-        logits = logits.cpu().numpy()
-        predictions = postprocess(logits[..., 0], logits[..., 1], batch["offsets"], batch["example_index"],
-                                  batch["context"], max_answer_length=max_answer_length)
-        scores = squad_scores([p.text for p in predictions], batch["answers"])
-        count = scores["count"]
-        sums += [scores["exact_match"] * count, scores["f1"] * count, count, loss, len(labels)]
-    return sums
-
-
-def span_metrics(sums: np.ndarray) -> dict[str, float]:
-    """``exact_match``, ``f1`` (fractions of examples) and ``loss`` (per window) from summed results."""
-    em, f1, examples, loss, windows = sums
-    return {"exact_match": em / max(examples, 1), "f1": f1 / max(examples, 1), "loss": loss / max(windows, 1)}
 
 
 def _all_reduce_sum(array: np.ndarray) -> np.ndarray:
@@ -345,39 +266,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         train_time = time.perf_counter() - t0
         val_batches = val_shard.iter_torch_batches(batch_size=config.eval_batch_size, collate_fn=collate)
-        cm: list[list[int]] | None = None
-        if family.task == "spans":
-            sums = _all_reduce_sum(evaluate_span_batches(
-                model, val_batches, columns=family.input_columns, device=device, config=config,
-                max_answer_length=getattr(arch, "max_answer_length", 30)))
-            seen_all = _all_reduce_sum(np.array([train_loss * seen, seen]))
-            scores = span_metrics(sums)
-            metrics = {
-                "epoch": epoch + 1, "train_loss": float(seen_all[0] / max(seen_all[1], 1)),
-                "val_loss": scores.pop("loss"), **{f"val_{k}": v for k, v in scores.items()},
-                "lr": float(scheduler.get_last_lr()[0]), "epoch_time_s": time.perf_counter() - t0,
-                "train_samples_per_s": float(seen_all[1] / train_time) if train_time > 0 else 0.0,
-            }
-        else:
-            matrix, loss_sum, n_val = evaluate_batches(
-                model, val_batches,
-                num_classes=spec.num_classes, columns=family.input_columns, device=device, config=config,
-            )
-            totals = _all_reduce_sum(np.concatenate([matrix.ravel(), [loss_sum, n_val, train_loss * seen, seen]]))
-            k = spec.num_classes * spec.num_classes
-            matrix, (loss_sum, n_val, train_loss_sum, seen_all) = (
-                totals[:k].reshape(matrix.shape).astype(np.int64), totals[k:])
-            scores = classification_metrics(matrix)
-            cm = matrix.tolist()
-            metrics = {
-                "epoch": epoch + 1,
-                "train_loss": float(train_loss_sum / max(seen_all, 1)),
-                "val_loss": float(loss_sum / max(n_val, 1)),
-                **{f"val_{name}": value for name, value in scores.items()},
-                "lr": float(scheduler.get_last_lr()[0]),
-                "epoch_time_s": time.perf_counter() - t0,
-                "train_samples_per_s": float(seen_all / train_time) if train_time > 0 else 0.0,
-            }
+        # The task's validation sums and this worker's training loss, summed over workers in one all-reduce.
+        sums = family.evaluation.evaluate(
+            model, val_batches, columns=family.input_columns, device=device, num_classes=spec.num_classes,
+            max_answer_length=getattr(arch, "max_answer_length", 30), autocast=autocast_context(config, device))
+        totals = _all_reduce_sum(np.concatenate([sums, [train_loss * seen, seen]]))
+        val = family.evaluation.summarize(totals[:-2], spec.num_classes)
+        train_loss_sum, seen_all = totals[-2:]
+        scores, cm = val.scores, val.confusion_matrix
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": float(train_loss_sum / max(seen_all, 1)),
+            "val_loss": val.loss,
+            **{f"val_{name}": value for name, value in scores.items()},
+            "lr": float(scheduler.get_last_lr()[0]),
+            "epoch_time_s": time.perf_counter() - t0,
+            "train_samples_per_s": float(seen_all / train_time) if train_time > 0 else 0.0,
+        }
         metrics["node_id"] = ray.get_runtime_context().get_node_id()  # rank 0's: where this epoch ran
         _mark_best(state, metrics, spec, epoch + 1, start_epoch)
         _report(rank, model, spec, arch, epoch, metrics, scores, cm, state=state, optimizer=optimizer,
@@ -588,16 +493,11 @@ def evaluate(
     """
     family = get_family(model_name)
     batches = dataset.iter_torch_batches(batch_size=batch_size, collate_fn=collate)
-    if family.task == "spans":
-        sums = evaluate_span_batches(model, batches, columns=family.input_columns, device=torch.device("cpu"),
-                                     max_answer_length=max_answer_length)
-        return EvalResult(metrics=span_metrics(sums), confusion_matrix=[], rows=int(sums[2]))
-    cm, loss_sum, rows = evaluate_batches(
-        model, batches, num_classes=num_classes, columns=family.input_columns, device=torch.device("cpu")
-    )
-    metrics = classification_metrics(cm)
-    metrics["loss"] = loss_sum / max(rows, 1)
-    return EvalResult(metrics=metrics, confusion_matrix=cm.tolist(), rows=rows)
+    sums = family.evaluation.evaluate(model, batches, columns=family.input_columns, device=torch.device("cpu"),
+                                      num_classes=num_classes, max_answer_length=max_answer_length)
+    result = family.evaluation.summarize(sums, num_classes)
+    cm = result.confusion_matrix if result.confusion_matrix is not None else []
+    return EvalResult(metrics={**result.scores, "loss": result.loss}, confusion_matrix=cm, rows=result.rows)
 
 
 def checkpoint_dir(checkpoint: Checkpoint | str) -> Path:

@@ -16,16 +16,10 @@ from hybrid.config import TrainConfig
 from hybrid.errors import TrainingError
 from hybrid.metrics import confusion_matrix
 from hybrid.models import CNN
+from hybrid.models.tasks import evaluate_batches, model_inputs
 from hybrid.schedules import build_scheduler
 from hybrid.testing import tiny_cnn_config, toy_batches
-from hybrid.train import (
-    LoopSpec,
-    autocast_context,
-    evaluate_batches,
-    make_optimizer,
-    model_inputs,
-    train_epoch,
-)
+from hybrid.train import LoopSpec, autocast_context, make_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 COLUMNS = ("pixels",)
