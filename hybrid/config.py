@@ -318,10 +318,8 @@ class Config:
             isinstance(self.model, family.config_cls),
             f"model must be a {family.config_cls.__name__} for model.name={self.model_name!r}",
         )
-        if family.task == "spans":
-            from hybrid.models.bert import check_spans
-
-            check_spans(self.model)  # fails at load, and for every search-space edge value, not in a worker
+        if family.check_config is not None:
+            family.check_config(self.model)  # fails at load, and for every search-space edge value, not in a worker
         require(
             self.tune.metric in family.metrics,
             f"tune.metric must be one of {list(family.metrics)} for model.name={self.model_name!r} "
@@ -526,11 +524,7 @@ def check_agreement(config: Config) -> None:
         f"data.modality must be {family.modality!r} for model.name={config.model_name!r}, "
         f"but got {config.data.modality!r}",
     )
-    shared = []
-    if family.task == "classification":
-        shared.append("num_classes")  # labels beyond the head's classes crash the loss inside a worker
-    if family.modality == "images":
-        shared.append("image_size")  # rows of another size cannot be reshaped into the model's input
+    shared = family.data_fields  # see its docstring for why each must match
     models = [("model", config.model)]
     if config.distill.student:
         models.append(("distill.student", config.student_preview()))

@@ -249,7 +249,8 @@ def _check_training_fits(config: Config, pending: Sequence[str]) -> None:
 def _supported_stages(config: Config) -> tuple[Stage, ...]:
     from hybrid.models import get_family
 
-    return ("tune",) if get_family(config.model_name).task == "spans" else STAGES
+    family = get_family(config.model_name)
+    return tuple(stage for stage in STAGES if stage in family.stages)
 
 
 def headline(test: dict[str, Any]) -> str:
