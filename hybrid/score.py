@@ -351,8 +351,21 @@ def _stage(source: Path, manifest_sha256: str) -> Path:
     return target
 
 
-def _modality(meta: dict[str, Any]) -> Literal["images", "text"]:
-    return "text" if "pretrained_dir" in (meta.get("config") or {}) else "images"
+def _modality(meta: dict[str, Any], directory: Path) -> Literal["images", "text"]:
+    """What a row to score holds: the modality of the family recorded in ``model.json``.
+
+    Raises:
+        ArtifactError: If the family's rows are neither images nor text (a span model: not scored yet).
+    """
+    from hybrid.models import get_family
+
+    modality = get_family(meta["family"]).modality
+    if modality not in ("images", "text"):
+        raise ArtifactError(
+            f"{directory}: score() handles image and text classification models, but this one is family "
+            f"{meta['family']!r} (rows of modality {modality!r})"
+        )
+    return modality  # type: ignore[return-value]
 
 
 def _num_pixels(meta: dict[str, Any], directory: Path) -> int:
@@ -419,7 +432,7 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
     # Loading (not only hashing) here means that weights which do not fit the config also fail
     # on the driver, with the directory in the message, rather than inside every task.
     _, meta = load_model(source)
-    modality = _modality(meta)
+    modality = _modality(meta, source)
     label_names = _label_names(meta, source)
     num_pixels = _num_pixels(meta, source) if modality == "images" else None
     normalizer = _normalizer(meta, source) if modality == "images" else None
@@ -452,7 +465,7 @@ class _WorkerModel:
 
 
 def _predictor(model: Any, meta: dict[str, Any], directory: Path) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
-    if _modality(meta) == "text":
+    if _modality(meta, directory) == "text":
         from hybrid.artifacts import model_collate
         from hybrid.models import get_family
         from hybrid.models.bert import ENCODER_DIR
