@@ -46,9 +46,9 @@ class DistillConfig:
     teacher's probability over more classes. The soft term is scaled by ``T**2`` so that its gradients
     keep their size as ``T`` changes."""
     width_multiplier: float = 0.5
-    """The student's size as a fraction of the teacher's: a CNN's widths (``base_channels``, ``head_width``);
-    a BERT's encoder layers (evenly spaced, ending with the top one: 6 layers at 0.5 keep 1, 3 and 5),
-    copied from the fine-tuned teacher."""
+    """The student's size as a fraction of the teacher's, as the model family reads it (its ``make_student``):
+    a CNN's widths (``base_channels``, ``head_width``); a BERT's encoder layers (evenly spaced, ending with
+    the top one: 6 layers at 0.5 keep 1, 3 and 5), copied from the fine-tuned teacher."""
     student: dict[str, Any] = field(default_factory=dict)
     """Architecture overrides applied last (e.g. ``{num_blocks: 2}``)."""
     max_epochs: int | None = None
