@@ -183,8 +183,8 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
     supported = _supported_stages(config)
     unsupported = [s for s in stages if s not in supported]
     if unsupported:
-        echo(f"[run] {config.model_name} models stop after tuning: {', '.join(unsupported)} not run "
-             "(distilling, quantizing and Spark scoring of span models are not implemented yet)")
+        echo(f"[run] {config.model_name} models run only {', '.join(supported)}: {', '.join(unsupported)} "
+             f"not run (not implemented yet for the {config.model_name} family)")
     requested = [s for s in STAGES if s in stages and s in supported]
     pending, kept = plan(store, fingerprints, requested, restart=restart)
     for warning in store.warnings:
