@@ -301,20 +301,43 @@ def with_core_columns(df: DataFrame, core: list[tuple[str, str]]) -> DataFrame:
     )
 
 
-def split_three(clean: dict[str, DataFrame], config: DataConfig, *, content: str) -> dict[str, DataFrame]:
+def split_three(clean: dict[str, DataFrame], config: DataConfig, *, content: str,
+                group: str | None = None) -> dict[str, DataFrame]:
     """``train``, ``val`` and ``test`` from the validated tables, each class split in proportion.
 
     The test split is the test table when there is one, else ``data.test_fraction`` of each class of the
     training table (seed ``data.seed + 1``); ``data.val_fraction`` of each class of the rest is validation.
+    With ``group`` (a column), whole groups are split instead of rows (:func:`group_split`).
     """
+    def cut(df: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+        if group is not None:
+            return group_split(df, val_fraction=fraction, seed=seed, group=group)
+        return stratified_split(df, val_fraction=fraction, seed=seed, content=content)
+
     if "test" in clean:
         rest, test = clean["train"], clean["test"]
     else:
         check_test_source(config)
-        rest, test = stratified_split(clean["train"], val_fraction=config.test_fraction, seed=config.seed + 1,
-                                      content=content)
-    train, val = stratified_split(rest, val_fraction=config.val_fraction, seed=config.seed, content=content)
+        rest, test = cut(clean["train"], config.test_fraction, config.seed + 1)
+    train, val = cut(rest, config.val_fraction, config.seed)
     return {"train": train, "val": val, "test": test}
+
+
+def group_split(df: DataFrame, *, val_fraction: float, seed: int, group: str) -> tuple[DataFrame, DataFrame]:
+    """Split ``df`` into (train, val) by whole groups: ``round(n_groups * val_fraction)`` groups go to val.
+
+    Rows of one group (a QA article) never land on both sides. Deterministic for a seed: the distinct
+    groups are ordered by a hash of the seed and the group. A null group is the empty string's group.
+    """
+    key = F.coalesce(F.col(group).cast("string"), F.lit(""))
+    groups = df.select(key.alias("_group")).distinct()
+    n = groups.count()
+    ranked = groups.withColumn(
+        "_is_val", F.row_number().over(Window.orderBy(F.xxhash64(F.lit(seed), "_group"), "_group"))
+        <= round(n * val_fraction))
+    tagged = df.withColumn("_group", key).join(F.broadcast(ranked), on="_group", how="left")
+    cols = list(df.columns)
+    return (tagged.where(~F.col("_is_val")).select(*cols), tagged.where(F.col("_is_val")).select(*cols))
 
 
 def split_class_counts(splits: dict[str, DataFrame]) -> dict[str, dict[int, int]]:

@@ -44,6 +44,7 @@ _SCHEMA = pa.schema(
         ("answer_text", pa.string()),
         ("answers", pa.list_(pa.string())),
         ("is_impossible", pa.bool_()),
+        ("group", pa.string()),
     ]
 )
 
@@ -52,7 +53,8 @@ def read_examples(
     spark: SparkSession, config: DataConfig, path: str, *, key: str = "data.path", max_rows: int | None = None
 ) -> tuple[list[QAExample], list[dict[str, Any]]]:
     """Examples and rejected rows of one QA table: SQuAD v1.1/v2 JSON, or a Parquet/CSV table with
-    ``id``, ``question``, ``context`` and ``answers`` columns.
+    ``id``, ``question``, ``context`` and ``answers`` columns (and optionally ``title``, the article the
+    splits keep together).
 
     ``answers`` holds per row a list of ``{text, answer_start}``, a Hugging Face style ``{text: [...],
     answer_start: [...]}``, or either as JSON text (the way a CSV cell holds them); a cell that is not
@@ -77,13 +79,13 @@ def read_examples(
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise DataError(f"{key}: QA table {path!r} lacks columns {missing}; its columns are {df.columns}")
-    df = df.select(*needed)
+    df = df.select(*needed, *(["title"] if "title" in df.columns else []))
     if max_rows is not None:
         df = df.limit(max_rows)
     rows = [row.asDict(recursive=True) for row in df.toLocalIterator()]
     return examples_from_columns(
         [r["id"] for r in rows], [r["question"] for r in rows], [r["context"] for r in rows],
-        [r["answers"] for r in rows],
+        [r["answers"] for r in rows], titles=[r.get("title") for r in rows],
     )
 
 
@@ -98,6 +100,7 @@ def examples_table(examples: list[QAExample]) -> pa.Table:
             "answer_text": [e.answers[0].text if e.answers else "" for e in examples],
             "answers": [[a.text for a in e.answers] for e in examples],
             "is_impossible": [e.is_impossible for e in examples],
+            "group": [e.group for e in examples],
         },
         schema=_SCHEMA,
     )
@@ -121,8 +124,6 @@ def ingest_qa(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> Inge
             quarantined[row["reason"]] = quarantined.get(row["reason"], 0) + 1
             rejected_rows.append({**{k: str(v) for k, v in row.items()}, "table": name})
         path = write_parquet(examples_table(examples), data_dir / f"qa_{name}.parquet")
-        # One stratum (a constant label): rows are ordered by a hash of their context, so the questions of
-        # one paragraph mostly land on the same side of each split.
         frames[name] = spark.read.parquet(str(path.resolve())).withColumn(LABEL, F.lit(0))
     remove_quarantine(run_dir)
     quarantine_path = None
@@ -133,7 +134,8 @@ def ingest_qa(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> Inge
     durations = {"validate": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
-    splits = split_three(frames, config, content="context")
+    # By article (SQuAD title, else context), never by question: an article's questions share its text.
+    splits = split_three(frames, config, content="context", group="group")
     checked = check_split_counts(splits, config=config, quarantined=quarantined, label_names=())
     datasets = hand_off({name: df.drop(LABEL) for name, df in splits.items()}, counts=checked.counts, config=config,
                         run_dir=run_dir)

@@ -61,6 +61,9 @@ class QAExample:
     """Gold answers; empty exactly when ``is_impossible``."""
     is_impossible: bool = False
     """SQuAD v2: the context does not answer the question."""
+    group: str = ""
+    """What a train/val/test split keeps together: the SQuAD article's title (questions of one article
+    share its paragraphs and topic), else the context; see :func:`split_group`."""
 
     def __post_init__(self) -> None:
         problem = _problem(self.question, self.context, self.answers, self.is_impossible)
@@ -114,6 +117,8 @@ def read_squad_json(path: str | Path, *, max_rows: int | None = None) -> tuple[l
         raise DataError(f"{path}: cannot be read as UTF-8 JSON ({exc})") from exc
     builder = _Builder()
     for a, article in enumerate(_field(raw, "data", list, path, "top level")):
+        title = article.get("title") if isinstance(article, dict) else None
+        title = title if isinstance(title, str) and title.strip() else f"article {a}"
         for p, paragraph in enumerate(_field(article, "paragraphs", list, path, f"data[{a}]")):
             where = f"data[{a}].paragraphs[{p}]"
             context = _field(paragraph, "context", str, path, where)
@@ -124,7 +129,7 @@ def read_squad_json(path: str | Path, *, max_rows: int | None = None) -> tuple[l
                     raise DataError(f"{path}: {where}.qas[{q}] must be an object, got {type(qa).__name__}")
                 impossible = qa.get("is_impossible", False)
                 builder.add(qa.get("id"), qa.get("question"), context, qa.get("answers"), impossible,
-                            where=f"{where}.qas[{q}]")
+                            where=f"{where}.qas[{q}]", group=title)
     return builder.good, builder.rejected
 
 
@@ -135,6 +140,7 @@ def examples_from_columns(
     answers: Sequence[Any],
     *,
     allow_impossible: bool = False,
+    titles: Sequence[Any] | None = None,
 ) -> tuple[list[QAExample], list[dict[str, Any]]]:
     """Build examples from table columns under the same rules as :func:`read_squad_json`.
 
@@ -147,6 +153,7 @@ def examples_from_columns(
             is not JSON is rejected as ``"malformed_answer"``.
         allow_impossible: When True a row with no answers is an impossible (SQuAD v2) question;
             when False it is rejected as ``"no_answer"``.
+        titles: Optional article title per row, what splits keep together (else the context).
 
     Returns:
         ``(examples, rejected)`` as in :func:`read_squad_json`; a row without an id is reported
@@ -159,10 +166,20 @@ def examples_from_columns(
     if len(set(lengths.values())) != 1:
         raise DataError(f"examples_from_columns: all columns must have the same length, got {lengths}")
     builder = _Builder()
-    for i, (id_, question, context, raw) in enumerate(zip(ids, questions, contexts, answers)):
+    titles = [None] * len(ids) if titles is None else titles
+    for i, (id_, question, context, raw, title) in enumerate(zip(ids, questions, contexts, answers, titles)):
         impossible = bool(allow_impossible) and _is_empty_answers(raw)
-        builder.add(id_, question, context, raw, impossible, where=f"row {i}")
+        builder.add(id_, question, context, raw, impossible, where=f"row {i}", group=title)
     return builder.good, builder.rejected
+
+
+def split_group(group: Any, context: str) -> str:
+    """The key a split keeps together: ``group`` (an article title) if it is a non-blank string, else the context.
+
+    Never by question: questions of one paragraph share its text, so a question-level split would put
+    the answer's sentence in both train and test.
+    """
+    return group.strip() if isinstance(group, str) and group.strip() else context
 
 
 class _Builder:
@@ -173,7 +190,8 @@ class _Builder:
         self.rejected: list[dict[str, Any]] = []
         self._seen: set[str] = set()
 
-    def add(self, id_: Any, question: Any, context: Any, raw: Any, impossible: Any, *, where: str) -> None:
+    def add(self, id_: Any, question: Any, context: Any, raw: Any, impossible: Any, *, where: str,
+            group: Any = None) -> None:
         if id_ is None or (isinstance(id_, str) and not id_.strip()):
             return self._reject(where, "missing_id", repr(id_))
         id_ = str(id_)
@@ -189,7 +207,8 @@ class _Builder:
         problem = _problem(question, context, answers, bool(impossible))
         if problem is not None:
             return self._reject(id_, *problem)
-        self.good.append(QAExample(id_, str(question), str(context), answers, bool(impossible)))
+        self.good.append(QAExample(id_, str(question), str(context), answers, bool(impossible),
+                                   split_group(group, str(context))))
         return None
 
     def _reject(self, id_: str, reason: str, value: str) -> None:

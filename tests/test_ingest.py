@@ -9,7 +9,7 @@ import pytest
 
 from hybrid.config import DataConfig
 from hybrid.errors import DataError
-from hybrid.ingest import REASONS, check_schema, ingest, stratified_split
+from hybrid.ingest import REASONS, check_schema, group_split, ingest, stratified_split
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray]
 
@@ -94,6 +94,25 @@ def test_split_is_deterministic_and_stratified(spark, bad_tables):
     assert first == val_rows(seed=7)
     assert first != val_rows(seed=8)
     assert sorted(lbl for _, lbl in first) == [0.0] * 5 + [1.0] * 5 + [2.0] * 5
+
+
+def test_a_group_split_keeps_each_group_whole_and_loses_no_row(spark):
+    # 9 articles of different sizes (a null one too), 45 questions: whole articles go to one side.
+    rows = [(f"q{i}", None if g == 8 else f"article {g}", i) for g in range(9) for i in range(g * 10, g * 10 + g + 1)]
+    df = spark.createDataFrame(rows, "id string, group string, n int")
+
+    def sides(seed: int) -> tuple[set, set, int]:
+        train, val = group_split(df, val_fraction=0.3, seed=seed, group="group")
+        t = [(r["id"], r["group"]) for r in train.collect()]
+        v = [(r["id"], r["group"]) for r in val.collect()]
+        assert sorted(i for i, _ in t + v) == sorted(r[0] for r in rows)  # nothing lost, nothing twice
+        return {g for _, g in t}, {g for _, g in v}, len(v)
+
+    train_groups, val_groups, _ = sides(seed=3)
+    assert not train_groups & val_groups
+    assert len(val_groups) == 3  # round(9 * 0.3) whole groups
+    assert sides(seed=3)[1] == val_groups
+    assert any(sides(seed)[1] != val_groups for seed in (4, 5, 6))
 
 
 def test_wrong_schema_names_the_column_and_type(spark):

@@ -263,6 +263,22 @@ def test_read_squad_json_max_rows_reads_the_first_questions_valid_or_not(tmp_pat
     assert len(read_squad_json(path)[0]) == 2
 
 
+def test_examples_carry_the_article_splits_keep_together(tmp_path: Path) -> None:
+    squad = {"data": [
+        {"title": "Kettle", "paragraphs": [{"context": "A kettle boils water.", "qas": [
+            {"id": "a", "question": "What boils?", "answers": [{"text": "water", "answer_start": 15}]}]}]},
+        {"title": "  ", "paragraphs": [{"context": "Tea is brewed.", "qas": [
+            {"id": "b", "question": "What is brewed?", "answers": [{"text": "Tea", "answer_start": 0}]}]}]},
+    ]}
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(squad))
+    good, _ = read_squad_json(path)
+    assert [e.group for e in good] == ["Kettle", "article 1"]  # a blank title: the article's position
+    good, _ = examples_from_columns(["x", "y"], ["Q?", "Q?"], ["ctx one", "ctx two"], [[], []],
+                                    allow_impossible=True, titles=["T", None])
+    assert [e.group for e in good] == ["T", "ctx two"]  # no title: the context is the group
+
+
 def test_examples_from_columns_requires_equal_lengths() -> None:
     with pytest.raises(DataError, match=r"same length, got \{'ids': 2, 'questions': 1"):
         examples_from_columns(["a", "b"], ["q"], ["c"], [[]])
