@@ -54,7 +54,7 @@ def measure_model(
     meta = json.loads((directory / "model.json").read_text())
     family, collate = meta["family"], model_collate(directory, meta)
     result = evaluate(model, test, model_name=family, num_classes=num_classes, batch_size=eval_batch_size,
-                      collate=collate, max_answer_length=int(meta["config"].get("max_answer_length", 30)))
+                      collate=collate, model_config=meta["config"])
     sample = test.take_batch(LATENCY_BATCH, batch_format="numpy")
     inputs = batch_inputs(sample, get_family(family).input_columns, collate)
     with torch.no_grad():

@@ -269,7 +269,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # The task's validation sums and this worker's training loss, summed over workers in one all-reduce.
         sums = family.evaluation.evaluate(
             model, val_batches, columns=family.input_columns, device=device, num_classes=spec.num_classes,
-            max_answer_length=getattr(arch, "max_answer_length", 30), autocast=autocast_context(config, device))
+            model_config=arch, autocast=autocast_context(config, device))
         totals = _all_reduce_sum(np.concatenate([sums, [train_loss * seen, seen]]))
         val = family.evaluation.summarize(totals[:-2], spec.num_classes)
         train_loss_sum, seen_all = totals[-2:]
@@ -483,18 +483,19 @@ def evaluate(
     num_classes: int,
     batch_size: int = 1024,
     collate: Any = None,
-    max_answer_length: int = 30,
+    model_config: Any = None,
 ) -> EvalResult:
     """Evaluate ``model`` (a module, or any callable from inputs to logits such as an int8 model) on a
     Ray dataset in this process (the driver); exact over every row.
 
     ``collate`` batches rows for families that pad their own batches (text:
-    :func:`hybrid.artifacts.model_collate`).
+    :func:`hybrid.artifacts.model_collate`); ``model_config`` (the model's config or its dict) carries the
+    task's decoding options (spans: ``max_answer_length``).
     """
     family = get_family(model_name)
     batches = dataset.iter_torch_batches(batch_size=batch_size, collate_fn=collate)
     sums = family.evaluation.evaluate(model, batches, columns=family.input_columns, device=torch.device("cpu"),
-                                      num_classes=num_classes, max_answer_length=max_answer_length)
+                                      num_classes=num_classes, model_config=model_config)
     result = family.evaluation.summarize(sums, num_classes)
     cm = result.confusion_matrix if result.confusion_matrix is not None else []
     return EvalResult(metrics={**result.scores, "loss": result.loss}, confusion_matrix=cm, rows=result.rows)

@@ -7,7 +7,7 @@ training loop and the driver-side ``evaluate`` call these through the family, ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -125,15 +125,16 @@ class Task:
     metrics: tuple[str, ...]
     """Validation metrics the training loop reports, which ``tune.metric`` may name."""
     evaluate: Callable[..., np.ndarray]
-    """``(model, batches, *, columns, device, num_classes, max_answer_length, autocast) -> sums``: a float
+    """``(model, batches, *, columns, device, num_classes, model_config, autocast) -> sums``: a float
     array whose element-wise sum over workers is the sum over all their rows (each task reads the keywords
-    it needs and ignores the others)."""
+    it needs and ignores the others; ``model_config`` is the model's config, a dataclass or its dict, from
+    which a task reads its decoding options)."""
     summarize: Callable[[np.ndarray, int], Evaluation]
     """``(summed array, num_classes) -> Evaluation``."""
 
 
 def _classification_sums(model: Any, batches: Iterable[dict[str, Any]], *, columns: Sequence[str],
-                         device: torch.device, num_classes: int, max_answer_length: int = 30,
+                         device: torch.device, num_classes: int, model_config: Any = None,
                          autocast: AbstractContextManager[Any] | None = None) -> np.ndarray:
     """The confusion matrix (row-major), the summed loss and the rows, in one array."""
     cm, loss_sum, seen = evaluate_batches(model, batches, num_classes=num_classes, columns=columns, device=device,
@@ -151,11 +152,16 @@ def _classification_summary(sums: np.ndarray, num_classes: int) -> Evaluation:
 
 
 def _span_sums(model: Any, batches: Iterable[dict[str, Any]], *, columns: Sequence[str], device: torch.device,
-               num_classes: int = 0, max_answer_length: int = 30,
+               num_classes: int = 0, model_config: Any = None,
                autocast: AbstractContextManager[Any] | None = None) -> np.ndarray:
-    """:data:`SPAN_SUMS` of :func:`evaluate_span_batches`."""
+    """:data:`SPAN_SUMS` of :func:`evaluate_span_batches`, decoding answers of at most the model config's
+    ``max_answer_length`` tokens (30 when it has none)."""
+    if isinstance(model_config, Mapping):
+        longest = model_config.get("max_answer_length", 30)
+    else:
+        longest = getattr(model_config, "max_answer_length", 30)
     return evaluate_span_batches(model, batches, columns=columns, device=device, autocast=autocast,
-                                 max_answer_length=max_answer_length)
+                                 max_answer_length=int(longest))
 
 
 def _span_summary(sums: np.ndarray, num_classes: int = 0) -> Evaluation:
