@@ -65,8 +65,10 @@ def _node_args(temp_dir: Path) -> list[str]:
     args = [f"{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports)]
     # A worker-port range per node below Linux's ephemeral range (32768-60999), where every port above was
     # picked: a range there could hold the GCS's or another component's port.
-    _RANGE[0] = (_RANGE[0] + 1) % 100  # consecutive nodes of one cluster never share a range
-    low = 10000 + _RANGE[0] * 200
+    # Never 10000-10199: a worker node still checks its range against the default Ray client port 10001
+    # ("trying to use a port number 10001 that is used by other components"); once in 100 nodes that failed.
+    _RANGE[0] = (_RANGE[0] + 1) % 99  # consecutive nodes of one cluster never share a range
+    low = 10200 + _RANGE[0] * 200
     return [*args, f"--min-worker-port={low}", f"--max-worker-port={low + 199}", f"--temp-dir={temp_dir}",
             "--disable-usage-stats", "--block"]
 
