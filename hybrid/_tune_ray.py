@@ -246,9 +246,8 @@ def run_trial(
     name = params.pop(TRIAL_KEY)
     trial_config = apply_params(config, params)
     train = trial_config.train  # sampled params may resize the workers: fail the trial, never wait forever
-    cluster.check_fits("tune", cluster.worker_request(cpus=train.cpus_per_worker, use_gpu=train.use_gpu),
-                       count=train.num_workers, what=f"trial {name}'s training worker",
-                       fix="lower train.cpus_per_worker or train.num_workers in the search space")
+    cluster.check_workers_fit("tune", train, what=f"trial {name}'s training worker",
+                              fix="lower train.cpus_per_worker or train.num_workers in the search space")
     spec = LoopSpec(
         model_name=trial_config.model_name, model=to_dict(trial_config.model), train=to_dict(trial_config.train),
         **spec_fields,

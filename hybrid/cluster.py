@@ -14,8 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hybrid.errors import ClusterFitError
+
+if TYPE_CHECKING:
+    from hybrid.config import TrainConfig
 
 _BYTES = ("memory", "object_store_memory")
 """Resources Ray counts in bytes (shown in GiB)."""
@@ -109,6 +113,16 @@ def sets_that_fit(request: Mapping[str, float], *, count: int, nodes: Sequence[N
 def _show(resources: Mapping[str, float]) -> str:
     shown = {k: (f"{v / 1024**3:.1f} GiB" if k in _BYTES else float(v)) for k, v in resources.items()}
     return repr(shown)
+
+
+def check_workers_fit(
+    stage: str, train: TrainConfig, *, what: str, nodes: Sequence[Node] | None = None,
+    fix: str = "lower train.cpus_per_worker or train.num_workers",
+) -> None:
+    """:func:`check_fits` for ``train.num_workers`` Ray Train workers of ``train.cpus_per_worker`` CPUs (and a
+    GPU each if ``train.use_gpu``)."""
+    check_fits(stage, worker_request(cpus=train.cpus_per_worker, use_gpu=train.use_gpu), count=train.num_workers,
+               what=what, nodes=nodes, fix=fix)
 
 
 def check_fits(

@@ -241,9 +241,7 @@ def distill(
     nodes = cluster.inventory()
     free = cluster.cpus_per_node_free(nodes) // train_cfg.num_workers
     train_cfg = dataclasses.replace(train_cfg, cpus_per_worker=max(train_cfg.cpus_per_worker, free))
-    cluster.check_fits("distill", cluster.worker_request(cpus=train_cfg.cpus_per_worker, use_gpu=train_cfg.use_gpu),
-                       count=train_cfg.num_workers, nodes=nodes, what="each of the student's training workers",
-                       fix="lower train.cpus_per_worker or train.num_workers")
+    cluster.check_workers_fit("distill", train_cfg, nodes=nodes, what="each of the student's training workers")
     logits_cpus = cluster.cpus_per_node_free(nodes)
     cluster.check_fits("distill", {"CPU": float(logits_cpus)}, nodes=nodes, what="the teacher-logits actor")
     t0 = time.perf_counter()

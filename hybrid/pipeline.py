@@ -240,10 +240,7 @@ def _check_training_fits(config: Config, pending: Sequence[str]) -> None:
     stage = next((s for s in ("tune", "distill") if s in pending), None)
     if stage is None:
         return
-    train = config.train
-    cluster.check_fits(stage, cluster.worker_request(cpus=train.cpus_per_worker, use_gpu=train.use_gpu),
-                       count=train.num_workers, what="each training worker",
-                       fix="lower train.cpus_per_worker or train.num_workers")
+    cluster.check_workers_fit(stage, config.train, what="each training worker")
 
 
 def _supported_stages(config: Config) -> tuple[Stage, ...]:

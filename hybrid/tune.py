@@ -162,8 +162,7 @@ def tune(
     to_run = tc.num_samples - len(plan.kept)
     nodes = cluster.inventory()
     worker = cluster.worker_request(cpus=train_cfg.cpus_per_worker, use_gpu=train_cfg.use_gpu)
-    cluster.check_fits("tune", worker, count=train_cfg.num_workers, nodes=nodes,
-                       what="each trial's training worker", fix="lower train.cpus_per_worker or train.num_workers")
+    cluster.check_workers_fit("tune", train_cfg, nodes=nodes, what="each trial's training worker")
     concurrency = tc.max_concurrent or default_concurrency(worker, workers=train_cfg.num_workers, nodes=nodes)
     echo(
         f"[tune] {tc.num_samples} trials, {concurrency} at a time, up to {train_cfg.max_epochs} epochs each, "
