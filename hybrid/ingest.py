@@ -324,17 +324,20 @@ def split_three(clean: dict[str, DataFrame], config: DataConfig, *, content: str
 
 
 def group_split(df: DataFrame, *, val_fraction: float, seed: int, group: str) -> tuple[DataFrame, DataFrame]:
-    """Split ``df`` into (train, val) by whole groups: ``round(n_groups * val_fraction)`` groups go to val.
+    """Split ``df`` into (train, val) by whole groups: ``round(n_groups * val_fraction)`` groups (half up,
+    as :func:`stratified_split`) go to val.
 
     Rows of one group (a QA article) never land on both sides. Deterministic for a seed: the distinct
     groups are ordered by a hash of the seed and the group. A null group is the empty string's group.
     """
     key = F.coalesce(F.col(group).cast("string"), F.lit(""))
-    groups = df.select(key.alias("_group")).distinct()
-    n = groups.count()
-    ranked = groups.withColumn(
-        "_is_val", F.row_number().over(Window.orderBy(F.xxhash64(F.lit(seed), "_group"), "_group"))
-        <= round(n * val_fraction))
+    every = Window.partitionBy(F.lit(0))  # the distinct groups: few, one partition is fine
+    ranked = (
+        df.select(key.alias("_group")).distinct()
+        .withColumn("_n", F.count(F.lit(1)).over(every))
+        .withColumn("_rank", F.row_number().over(every.orderBy(F.xxhash64(F.lit(seed), "_group"), "_group")))
+        .select("_group", (F.col("_rank") <= F.round(F.col("_n") * val_fraction)).alias("_is_val"))
+    )
     tagged = df.withColumn("_group", key).join(F.broadcast(ranked), on="_group", how="left")
     cols = list(df.columns)
     return (tagged.where(~F.col("_is_val")).select(*cols), tagged.where(F.col("_is_val")).select(*cols))
