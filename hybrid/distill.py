@@ -1,8 +1,10 @@
 """Knowledge distillation: a small student learns from the tuned teacher's softened outputs.
 
-The maths is the pure :func:`distillation_loss`; the one training loop (:mod:`hybrid.train`) calls it in
-place of plain cross-entropy when its batches carry a ``teacher_logits`` column, which
-:func:`add_teacher_logits` computes once with Ray Data before the student trains.
+The maths is pure and belongs to the family's task (:mod:`hybrid.models.losses`: :func:`distillation_loss`
+for classes, ``span_distillation_loss`` for start/end spans); the one training loop (:mod:`hybrid.train`)
+calls the task's loss in place of plain cross-entropy when its batches carry ``teacher_logits``, which
+:func:`add_teacher_logits` computes once with Ray Data before the student trains (stored per row as the
+family says, see ``ModelFamily.teacher_outputs``).
 
 Why once and not on the fly: the training rows are not augmented, so the teacher's logits for a row never
 change; computing them once costs one teacher forward pass per row, on the fly costs one per row *per
@@ -22,9 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hybrid._dataclass_io import require
+from hybrid.models.losses import distillation_loss
+from hybrid.models.tasks import TEACHER_LOGITS
+
+__all__ = ["TEACHER_LOGITS", "DistillConfig", "DistillResult", "add_teacher_logits", "distill", "distillation_loss",
+           "student_config"]
 
 if TYPE_CHECKING:
     import ray.data
@@ -32,7 +38,6 @@ if TYPE_CHECKING:
     from hybrid.config import Config
     from hybrid.shipping import ShippedDir
 
-TEACHER_LOGITS = "teacher_logits"
 
 
 @dataclass(frozen=True)
@@ -61,80 +66,25 @@ class DistillConfig:
         require(self.temperature > 0.0, f"temperature must be > 0, but got {self.temperature}")
 
 
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    alpha: float,
-    temperature: float,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """``alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * cross_entropy(student, labels)``.
-
-    ``p = softmax(logits / T)`` on both sides; the KL divergence is summed over classes and averaged
-    over the batch (``batchmean``). The teacher's logits are detached: no gradient reaches the teacher.
-    The arithmetic is done in float32, so bf16 logits from autocast are safe to pass.
-
-    Args:
-        student_logits: ``(batch, num_classes)`` raw scores of the student.
-        teacher_logits: ``(batch, num_classes)`` raw scores of the teacher for the same rows.
-        labels: ``(batch,)`` integer class labels.
-        alpha: Weight of the soft term, in ``[0, 1]``; a term whose weight is 0 is not computed.
-        temperature: ``T > 0``.
-        label_smoothing: Label smoothing of the hard (cross-entropy) term.
-
-    Returns:
-        A scalar tensor.
-
-    Raises:
-        ValueError: If the shapes disagree, or ``alpha`` or ``temperature`` is out of range.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], but got {alpha}")
-    if temperature <= 0.0:
-        raise ValueError(f"temperature must be > 0, but got {temperature}")
-    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            "student_logits and teacher_logits must both be (batch, num_classes), but got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-        )
-    if labels.shape != student_logits.shape[:1]:
-        raise ValueError(f"labels must be (batch,) = ({student_logits.shape[0]},), but got {tuple(labels.shape)}")
-    student = student_logits.float()
-    loss = student.new_zeros(())
-    if alpha > 0.0:
-        t = temperature
-        log_p_student = F.log_softmax(student / t, dim=-1)  # (batch, classes)
-        log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)  # (batch, classes)
-        # d(soft)/d(logit) is (p_student - p_teacher) / T, which shrinks like 1/T^2 for large T; T^2 undoes it.
-        soft = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-        loss = loss + alpha * t * t * soft
-    if alpha < 1.0:
-        hard = F.cross_entropy(student, labels.long(), label_smoothing=label_smoothing)
-        loss = loss + (1.0 - alpha) * hard
-    return loss
-
-
 class _TeacherLogits:
-    """Ray Data callable class: loads the teacher once per actor, adds its logits to each batch."""
+    """Ray Data callable class: loads the teacher once per actor, adds its outputs to each batch as the
+    family stores them (:attr:`~hybrid.models.registry.ModelFamily.teacher_outputs`)."""
 
     def __init__(self, model_dir: str | ShippedDir, input_columns: tuple[str, ...], threads: int = 1) -> None:
         from hybrid.artifacts import load_model, model_collate
+        from hybrid.models import get_family
         from hybrid.shipping import local_path
 
         torch.set_num_threads(threads)
         model_dir = local_path(model_dir)
         self.model, meta = load_model(model_dir)
+        self.model.eval()
         self.collate = model_collate(model_dir, meta)
         self.columns = input_columns
+        self.outputs = get_family(meta["family"]).teacher_outputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from hybrid.models import batch_inputs
-
-        inputs = batch_inputs(batch, self.columns, self.collate)
-        with torch.no_grad():
-            batch[TEACHER_LOGITS] = self.model(*inputs).float().numpy()  # (batch, num_classes)
+        batch.update(self.outputs(self.model, batch, columns=self.columns, collate=self.collate))
         return batch
 
 
@@ -142,7 +92,9 @@ def add_teacher_logits(
     dataset: ray.data.Dataset, teacher_dir: str | Path, *, input_columns: tuple[str, ...], batch_size: int = 1024,
     num_cpus: int = 1,
 ) -> ray.data.Dataset:
-    """``dataset`` with a ``teacher_logits`` column computed by the teacher in ``teacher_dir``, materialised.
+    """``dataset`` with the outputs of the teacher in ``teacher_dir`` added as columns, materialised: the
+    family's :attr:`~hybrid.models.registry.ModelFamily.teacher_outputs` (a classifier: ``teacher_logits``
+    ``(rows, classes)``; a span model: each example's windows' logits, which its collate pads).
 
     One actor holding ``num_cpus`` CPUs runs the teacher with as many torch threads (on the 2-core demo, a
     6-layer BERT's logits for 8k sentences took 137 s on one thread). The teacher's directory reaches the

@@ -80,10 +80,11 @@ class QuantizeConfig:
     only where the quantizing CPU lacks VNNI (AVX2-only x86); set ``true`` when quantizing on a VNNI machine
     for scoring on AVX2-only ones."""
     max_accuracy_drop: float = 0.01
-    """Gate: int8 accuracy must be >= reference accuracy minus this (0.01 = one percentage point)."""
+    """Gate: the int8 model's headline metric (the family's: accuracy; F1 for span models) must be >= the
+    reference's minus this (0.01 = one percentage point)."""
     min_accuracy_ratio: float | None = None
-    """Gate, relative form: when set, int8 accuracy must be >= reference accuracy times this (0.97 = keeps
-    97% of the teacher's accuracy) and ``max_accuracy_drop`` is not used."""
+    """Gate, relative form: when set, the int8 model's headline metric must be >= the reference's times this
+    (0.97 = keeps 97% of the teacher's accuracy, or F1) and ``max_accuracy_drop`` is not used."""
     latency_batch_size: int = 256
     """Rows per forward pass when timing."""
     latency_repeats: int = 5
@@ -111,7 +112,7 @@ class QuantizeConfig:
         require(self.opset >= 17, f"opset must be >= 17, but got {self.opset}")
 
     def threshold(self, reference: float) -> float:
-        """The lowest int8 accuracy the gate accepts against ``reference``."""
+        """The lowest int8 score (of the headline metric) the gate accepts against ``reference``."""
         if self.min_accuracy_ratio is not None:
             return reference * self.min_accuracy_ratio
         return reference - self.max_accuracy_drop
@@ -220,16 +221,21 @@ class Measurement:
     """One model measured on the evaluation rows."""
 
     accuracy: float
+    """Fraction of labels equal to the top-1 output (argmax over dimension 1: a classifier's class; a span
+    model's start and end token of each window)."""
     agreement: float
-    """Fraction of rows whose top-1 class equals the float model's."""
+    """Fraction of top-1 outputs equal to the float model's."""
     max_abs_logit_diff: float
-    """Largest ``|logit - float logit|`` over all rows and classes."""
+    """Largest ``|logit - float logit|`` over all rows and classes (or positions)."""
     latency_ms_per_sample: float
     """Fastest timed pass at ``latency_batch_size`` rows, divided by the rows."""
     size_bytes: int
     """Model file size (float: the safetensors weights)."""
     passed_gate: bool | None = None
-    """int8 only: accuracy >= :meth:`QuantizeConfig.threshold` of the reference accuracy."""
+    """int8 only: ``score >= QuantizeConfig.threshold(reference)``."""
+    score: float | None = None
+    """The gate's metric (:attr:`QuantizeResult.metric`): ``accuracy`` unless :func:`quantize` was given a
+    scorer (the family's headline metric, e.g. a span model's F1)."""
 
 
 @dataclass
@@ -240,8 +246,8 @@ class QuantizeResult:
     """The chosen backend's model: the fastest that passed the gate, or the fastest if none did."""
     passed_gate: bool
     """False: no int8 model kept the accuracy; the caller should ship the float model and say so."""
-    reference_accuracy: float
-    """Accuracy the gate compares against (the teacher's, or else the float model's)."""
+    reference: float
+    """The score the gate compares against (the teacher's, or else the float model's)."""
     baseline: Measurement
     """The float model."""
     candidates: dict[str, Measurement]
@@ -250,6 +256,8 @@ class QuantizeResult:
     """Backend name -> int8 model (all candidates, for benchmarks)."""
     failures: dict[str, str] = field(default_factory=dict)
     """Backend name -> error, for backends that ``auto`` tried and could not use."""
+    metric: str = "accuracy"
+    """The gate's metric: what :attr:`Measurement.score` and :attr:`reference` measure."""
 
     @property
     def backend(self) -> str:
@@ -272,7 +280,8 @@ class QuantizeResult:
             "backend": self.backend,
             "mode": self.model.mode,
             "passed_gate": self.passed_gate,
-            "reference_accuracy": self.reference_accuracy,
+            "metric": self.metric,
+            "reference": self.reference,
             "speedup": self.speedup,
             "size_ratio": self.size_ratio,
             "float": to_dict(self.baseline),
@@ -287,9 +296,10 @@ def quantize(
     config: QuantizeConfig = QuantizeConfig(),
     *,
     eval_batches: Iterable[Mapping[str, torch.Tensor]],
-    reference_accuracy: float | None = None,
+    reference: float | None = None,
     input_columns: Sequence[str] = ("pixels",),
     padding_mask: str | None = None,
+    scorer: tuple[str, Callable[[Callable[..., torch.Tensor]], float]] | None = None,
 ) -> QuantizeResult:
     """Quantize a trained float model to int8, measure it against the float model and apply the gate.
 
@@ -300,10 +310,13 @@ def quantize(
         config: Backend, mode, gate and timing settings.
         eval_batches: Held-out labelled batches (``input_columns`` and ``label``) for accuracy, agreement
             and latency.
-        reference_accuracy: The gate's reference (the teacher's accuracy); ``None``: the float model's.
+        reference: The gate's reference (the teacher's score); ``None``: the float model's.
         input_columns: Columns fed to ``model.forward`` positionally, in order.
         padding_mask: The input column whose zeros mark a row's trailing padding (a BERT's attention mask):
             a dynamically quantized model runs each row cut to its length (see :class:`Int8Model`).
+        scorer: ``(metric, score)``: the gate's metric and how a runnable model (the float one or an int8
+            one) scores on held-out rows, in ``[0, 1]`` (the family's headline metric through its task,
+            e.g. a span model's F1 after decoding); ``None``: ``accuracy`` on ``eval_batches``.
 
     Returns:
         A :class:`QuantizeResult`; check ``passed_gate`` before shipping ``model``.
@@ -312,10 +325,11 @@ def quantize(
         QuantizationError: If the requested backend (or, for ``auto``, every backend) fails.
         MissingDependencyError: If a backend's packages are not installed (``auto`` skips that backend).
         DataError: If the batches lack a column or hold no rows.
-        ValueError: If ``reference_accuracy`` is outside ``[0, 1]``.
+        ValueError: If ``reference`` is outside ``[0, 1]``.
     """
-    if reference_accuracy is not None and not 0.0 <= reference_accuracy <= 1.0:
-        raise ValueError(f"reference_accuracy must be in [0, 1], but got {reference_accuracy}")
+    if reference is not None and not 0.0 <= reference <= 1.0:
+        raise ValueError(f"reference must be in [0, 1], but got {reference}")
+    metric = scorer[0] if scorer is not None else "accuracy"
     was_training = model.training
     model.eval()
     try:
@@ -332,7 +346,8 @@ def quantize(
             float_logits = _batched(model, eval_inputs)
         baseline = _measure(model, float_logits, float_logits, eval_labels, eval_inputs, config, threads)
         baseline.size_bytes = _float_size(model)
-        reference = baseline.accuracy if reference_accuracy is None else reference_accuracy
+        baseline.score = scorer[1](model) if scorer is not None else baseline.accuracy
+        reference = baseline.score if reference is None else reference
 
         backends = ["torch", "onnxruntime"] if config.backend == "auto" else [config.backend]
         models: dict[str, Int8Model] = {}
@@ -354,7 +369,8 @@ def quantize(
                 logits = _batched(int8, eval_inputs)
             measured = _measure(int8, logits, float_logits, eval_labels, eval_inputs, config, threads)
             measured.size_bytes = int8.size_bytes
-            measured.passed_gate = measured.accuracy >= config.threshold(reference)
+            measured.score = scorer[1](int8) if scorer is not None else measured.accuracy
+            measured.passed_gate = measured.score >= config.threshold(reference)
             models[backend], candidates[backend] = int8, measured
         if not models:
             raise QuantizationError(f"no backend could quantize the model: {failures}")
@@ -362,11 +378,12 @@ def quantize(
         return QuantizeResult(
             model=models[chosen],
             passed_gate=passed,
-            reference_accuracy=reference,
+            reference=reference,
             baseline=baseline,
             candidates=candidates,
             models=models,
             failures=failures,
+            metric=metric,
         )
     finally:
         model.train(was_training)
@@ -516,16 +533,23 @@ def _saved_inputs(directory: Path, meta: dict[str, Any]) -> tuple[tuple[InputSpe
 
 
 def _measure(
-    run: Callable[..., torch.Tensor], logits: torch.Tensor, float_logits: torch.Tensor, labels: torch.Tensor,
-    inputs: list[tuple[torch.Tensor, ...]], config: QuantizeConfig, threads: int,
+    run: Callable[..., torch.Tensor], logits: list[torch.Tensor], float_logits: list[torch.Tensor],
+    labels: torch.Tensor, inputs: list[tuple[torch.Tensor, ...]], config: QuantizeConfig, threads: int,
 ) -> Measurement:
-    """Accuracy and closeness of ``logits`` (computed by ``run``), and ``run``'s latency on the first batch's
-    rows; size is filled in later."""
-    top1 = logits.argmax(1)
+    """Accuracy and closeness of ``logits`` (computed by ``run``, batch by batch), and ``run``'s latency on the
+    first batch's rows; size and score are filled in later.
+
+    Top-1 is the argmax over dimension 1, so the same code measures a classifier (``(rows, classes)`` against
+    ``(rows,)`` labels) and a span model (``(windows, L, 2)`` against ``(windows, 2)`` start and end tokens);
+    batches are compared one by one because a span model's batches differ in window length.
+    """
+    top1 = torch.cat([x.argmax(1) for x in logits])
+    float_top1 = torch.cat([x.argmax(1) for x in float_logits])
     return Measurement(
         accuracy=float((top1 == labels).float().mean()),
-        agreement=float((top1 == float_logits.argmax(1)).float().mean()),
-        max_abs_logit_diff=float((logits - float_logits).abs().max()),
+        agreement=float((top1 == float_top1).float().mean()),
+        max_abs_logit_diff=max((float((x - f).abs().max()) for x, f in zip(logits, float_logits) if x.numel()),
+                               default=0.0),
         latency_ms_per_sample=_latency_ms(run, inputs[0], config, threads),
         size_bytes=0,
     )
@@ -613,8 +637,8 @@ def _eval_rows(
     return inputs, torch.cat(labels)
 
 
-def _batched(run: Callable[..., torch.Tensor], batches: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-    return torch.cat([run(*inputs).float() for inputs in batches])
+def _batched(run: Callable[..., torch.Tensor], batches: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    return [run(*inputs).float() for inputs in batches]
 
 
 def _dynamic_shape(example: torch.Tensor) -> tuple[int | None, ...]:
@@ -666,7 +690,7 @@ class StudentInt8:
         meta = read_metadata(self.directory)
         return {**self.report.block(), "path": str(self.directory), "family": meta["family"],
                 "backend": self.result.backend, "passed_gate": self.result.passed_gate,
-                "val": {"accuracy": self.result.candidates[self.result.backend].accuracy}}
+                "val": {self.result.metric: self.result.candidates[self.result.backend].score}}
 
 
 def quantize_student(
@@ -682,8 +706,9 @@ def quantize_student(
 ) -> StudentInt8:
     """Quantize the float student in ``student_dir`` to int8 in ``out_dir``, gated against the teacher.
 
-    The gate's reference is the teacher's accuracy on the validation split, measured here as the int8
-    model is. ``out_dir`` is written whole or not at all.
+    The gate compares the family's headline metric (:attr:`~hybrid.models.registry.ModelFamily.headline`:
+    accuracy, or F1 for span models) of each int8 candidate with the teacher's, both on the validation split
+    and evaluated by the family's task exactly as the test split is. ``out_dir`` is written whole or not at all.
     """
     from hybrid import _atomic
     from hybrid.artifacts import load_model, model_collate, read_metadata
@@ -692,16 +717,24 @@ def quantize_student(
     from hybrid.train import evaluate
 
     model, meta = load_model(student_dir)
-    teacher, _ = load_model(teacher_dir)
+    teacher, teacher_meta = load_model(teacher_dir)
     family = meta["family"]
+    metric = get_family(family).headline
     reference = evaluate(teacher, datasets["val"], model_name=family, num_classes=num_classes,
-                         collate=model_collate(teacher_dir)).metrics["accuracy"]
+                         batch_size=eval_batch_size, collate=model_collate(teacher_dir, teacher_meta),
+                         model_config=teacher_meta["config"]).metrics[metric]
     columns = get_family(family).input_columns
     collate = model_collate(student_dir, meta)
+
+    def score(runnable: Callable[..., torch.Tensor]) -> float:
+        return evaluate(runnable, datasets["val"], model_name=family, num_classes=num_classes,
+                        batch_size=eval_batch_size, collate=collate, model_config=meta["config"]).metrics[metric]
+
     result = quantize(
         model, datasets["train"].iter_torch_batches(batch_size=256, collate_fn=collate), config,
         eval_batches=datasets["val"].iter_torch_batches(batch_size=1024, collate_fn=collate),
-        reference_accuracy=reference, input_columns=columns, padding_mask=get_family(family).padding_mask,
+        reference=reference, input_columns=columns, padding_mask=get_family(family).padding_mask,
+        scorer=(metric, score),
     )
     shipped = {k: v for k, v in read_metadata(student_dir).items() if k in ("normalizer", "label_names", "max_seq_length")}
     with _atomic.replace_dir(out_dir) as tmp:  # a fresh directory: nothing of an earlier attempt stays
@@ -715,7 +748,7 @@ def quantize_student(
                                 "student_int8": result.model.size_bytes},
     )
     verdict = "passed" if result.passed_gate else "FAILED: the float student will be shipped instead"
-    echo(f"[quantize] {result.backend} int8: val accuracy {result.candidates[result.backend].accuracy:.4f} vs teacher "
+    echo(f"[quantize] {result.backend} int8: val {metric} {result.candidates[result.backend].score:.4f} vs teacher "
          f"{reference:.4f} (gate: >= {config.threshold(reference):.4f}) {verdict}; "
          f"{result.speedup:.1f}x faster, {result.size_ratio:.1f}x smaller than the float student")
     echo("[quantize] side by side (ms/sample): " + ", ".join(

@@ -28,10 +28,9 @@ from torch import nn
 
 from hybrid._dataclass_io import from_dict, to_dict
 from hybrid.config import TrainConfig
-from hybrid.distill import TEACHER_LOGITS, distillation_loss
 from hybrid.errors import TrainingError
 from hybrid.models import collate_fn, create_model, get_family, model_config
-from hybrid.models.tasks import LABEL, model_inputs
+from hybrid.models.tasks import CLASSIFICATION, LABEL, TEACHER_LOGITS, Task, model_inputs
 from hybrid.schedules import build_scheduler
 from hybrid.train_state import (
     MODEL_DIR,
@@ -139,11 +138,15 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     epoch: int = 0,
     distill: dict[str, Any] | None = None,
+    task: Task = CLASSIFICATION,
 ) -> tuple[float, int]:
     """One pass over ``batches``; returns ``(mean training loss, samples seen)``.
 
-    With ``distill`` (``alpha``, ``temperature``) the loss is :func:`~hybrid.distill.distillation_loss`
-    against each batch's ``teacher_logits``; otherwise cross-entropy on the labels.
+    With ``distill`` (``alpha``, ``temperature``) the loss is ``task.distillation_loss`` (the family's
+    :attr:`~hybrid.models.registry.ModelFamily.evaluation`) against each batch's ``teacher_logits``;
+    otherwise cross-entropy on the labels (classes ``(batch, C)`` against ``(batch,)``, or spans
+    ``(windows, L, 2)`` against ``(windows, 2)``: the mean of the start and end losses). Samples are
+    rows of the batch's labels (windows, for spans).
 
     Raises:
         TrainingError: On a NaN or infinite loss, so that the run (or trial) fails loudly.
@@ -156,7 +159,7 @@ def train_epoch(
         with autocast_context(config, device):
             logits = model(*(x.to(device) for x in model_inputs(batch, columns)))
         if distill is not None:
-            loss = distillation_loss(
+            loss = task.distillation_loss(
                 logits, batch[TEACHER_LOGITS].to(device), labels, alpha=distill["alpha"],
                 temperature=distill["temperature"], label_smoothing=config.label_smoothing,
             )
@@ -263,6 +266,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_loss, seen = train_epoch(
             model, batches, optimizer=optimizer, scheduler=scheduler, config=config,
             columns=family.input_columns, device=device, scaler=scaler, epoch=epoch, distill=spec.distill,
+            task=family.evaluation,
         )
         train_time = time.perf_counter() - t0
         val_batches = val_shard.iter_torch_batches(batch_size=config.eval_batch_size, collate_fn=collate)

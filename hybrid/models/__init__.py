@@ -46,8 +46,9 @@ register_model(
     path_fields=bert.PATH_FIELDS,
     padding_mask=bert.ATTENTION_MASK,
     make_student=bert.make_student,
-    stages=("tune",),  # distilling, quantizing and Spark scoring of span models are not implemented yet
+    stages=("tune", "distill", "quantize"),  # Spark scoring of span models is not implemented yet
     check_config=bert.check_spans,
+    teacher_outputs=bert.qa_teacher_outputs,
 )
 
 __all__ = [

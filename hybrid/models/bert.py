@@ -27,6 +27,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from hybrid._dataclass_io import require
+from hybrid.models.tasks import LABEL, TEACHER_LOGITS
 from hybrid.text import ATTENTION_MASK, INPUT_IDS, load_tokenizer, offline, pad_batch
 
 TOKEN_TYPE_IDS = "token_type_ids"
@@ -35,6 +36,12 @@ ENCODER_DIR = "encoder"
 PATH_FIELDS = ("pretrained_dir", "init_from")
 """Config fields naming local directories (see ``ModelFamily.path_fields``)."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+SPAN_PAD_LOGIT = -1e4
+"""A span model's start and end logit at a padding position: no span starts or ends there, and at any
+distillation temperature it carries no probability."""
+TEACHER_WINDOW_LENGTHS = "teacher_window_lengths"
+"""``bert_qa`` rows: the unpadded length of each of the example's windows, in order (``int32``), which
+splits the row's ``teacher_logits`` (``(sum of lengths, 2)``) back into windows."""
 
 
 @dataclass(frozen=True)
@@ -221,9 +228,9 @@ class BertSpanHead(_BertBase):
         super().__init__(config, 2)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(batch, seq_len, 2)`` logits: ``[..., 0]`` start, ``[..., 1]`` end; padding gets -1e4."""
+        """``(batch, seq_len, 2)`` logits: ``[..., 0]`` start, ``[..., 1]`` end; padding gets :data:`SPAN_PAD_LOGIT`."""
         logits = self.head(self.dropout(self.hidden(input_ids, attention_mask, token_type_ids)))
-        return logits.masked_fill(attention_mask.unsqueeze(-1) == 0, -1e4)
+        return logits.masked_fill(attention_mask.unsqueeze(-1) == 0, SPAN_PAD_LOGIT)
 
 
 @dataclass(frozen=True)
@@ -269,7 +276,9 @@ class QACollate(NumpyBatchCollateFn):
     Windows are made here, per batch, rather than stored: all windows of an example then share a batch,
     so span decoding and exact match / F1 need no gathering across batches or workers. The output holds
     the model inputs, ``label`` (``(windows, 2)``: start and end token) and what decoding needs
-    (``offsets``, ``example_index``, ``context``, ``answers``).
+    (``offsets``, ``example_index``, ``context``, ``answers``). A batch that carries a teacher's outputs
+    (``teacher_logits`` and ``teacher_window_lengths``, see :func:`qa_teacher_outputs`) also gets
+    ``teacher_logits`` ``(windows, L, 2)``, padded like the windows (:func:`pad_teacher_windows`).
     """
 
     tokenizer_dir: str
@@ -283,12 +292,94 @@ class QACollate(NumpyBatchCollateFn):
         feats = featurize(load_tokenizer(self.tokenizer_dir), columns, max_length=self.max_length,
                           doc_stride=self.doc_stride, with_labels=True)
         out: dict[str, Any] = {k: torch.as_tensor(feats[k]) for k in (INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK)}
-        out["label"] = torch.as_tensor(np.stack([feats["start_positions"], feats["end_positions"]], axis=1))
+        if TEACHER_LOGITS in batch:
+            out[TEACHER_LOGITS] = torch.as_tensor(pad_teacher_windows(
+                list(batch[TEACHER_LOGITS]), list(batch[TEACHER_WINDOW_LENGTHS]),
+                attention_mask=feats[ATTENTION_MASK], example_index=feats["example_index"]))
+        out[LABEL] = torch.as_tensor(np.stack([feats["start_positions"], feats["end_positions"]], axis=1))
         out["offsets"], out["example_index"] = feats["offsets"], feats["example_index"]
         out["context"] = [str(c) for c in batch["context"]]
         answers = batch.get(ANSWERS)
         out[ANSWERS] = [list(a) for a in answers] if answers is not None else [[t] for t in batch["answer_text"]]
         return out
+
+
+def pad_teacher_windows(
+    logits: list[np.ndarray], window_lengths: list[np.ndarray], *, attention_mask: np.ndarray,
+    example_index: np.ndarray, pad: float = SPAN_PAD_LOGIT,
+) -> np.ndarray:
+    """A batch's stored teacher span logits, padded like its windows.
+
+    Args:
+        logits: Per example, its windows' logits unpadded and concatenated, ``(sum of lengths, 2)`` (or flat).
+        window_lengths: Per example, the unpadded length of each of its windows.
+        attention_mask: ``(windows, L)`` of the collated windows (ones, then padding zeros).
+        example_index: ``(windows,)`` the example of each window.
+        pad: Logit at padding positions (see :data:`SPAN_PAD_LOGIT`).
+
+    Returns:
+        ``(windows, L, 2)`` float32.
+
+    Raises:
+        DataError: If the stored windows are not the collated ones (the teacher's logits were computed with
+            another ``max_length``, ``doc_stride`` or tokenizer than the student's).
+    """
+    from hybrid.errors import DataError
+
+    lengths = np.asarray(attention_mask).sum(axis=1).astype(np.int64)  # (windows,)
+    example_index = np.asarray(example_index)
+    out = np.full((len(lengths), np.asarray(attention_mask).shape[1], 2), pad, np.float32)
+    examples = int(example_index.max()) + 1 if len(example_index) else 0
+    if len(logits) != examples or len(window_lengths) != examples:
+        raise DataError(f"teacher logits must be given for each of the batch's {examples} examples, but got "
+                        f"{len(logits)} logits and {len(window_lengths)} window lengths")
+    for i, (flat, stored) in enumerate(zip(logits, window_lengths)):
+        windows = np.flatnonzero(example_index == i)
+        stored = np.asarray(stored, np.int64).reshape(-1)
+        flat = np.asarray(flat, np.float32).reshape(-1, 2)
+        if not np.array_equal(stored, lengths[windows]) or len(flat) != stored.sum():
+            raise DataError(
+                f"example {i}'s teacher logits must cover its windows of lengths {lengths[windows].tolist()}, but "
+                f"they cover windows of lengths {stored.tolist()} ({len(flat)} positions): the teacher and the "
+                "student must window examples alike (same tokenizer, model.max_length and model.doc_stride; "
+                "distill.student must not change them)")
+        ends = np.cumsum(stored)
+        for window, end, n in zip(windows, ends, stored):
+            out[window, :n] = flat[end - n : end]
+    return out
+
+
+def qa_teacher_outputs(
+    model: Any, batch: dict[str, Any], *, columns: tuple[str, ...] | list[str], collate: Any,
+) -> dict[str, np.ndarray]:
+    """A span teacher's logits for a numpy batch of examples, stored per example (see ``ModelFamily.teacher_outputs``).
+
+    An example's windows and their unpadded lengths depend only on the example and the config's
+    ``max_length``/``doc_stride``, so each row keeps its windows' logits unpadded and concatenated; the
+    student's :class:`QACollate` pads them to whatever window length its batch has.
+
+    Args:
+        model: The span teacher, in eval mode.
+        batch: A numpy batch of example rows.
+        columns: The family's ``input_columns``.
+        collate: The teacher's :class:`QACollate`.
+
+    Returns:
+        ``teacher_logits`` (per row, float32 ``(sum of window lengths, 2)``) and ``teacher_window_lengths``
+        (per row, int32 ``(windows,)``), as object arrays of one array per row.
+    """
+    collated = collate(dict(batch))
+    with torch.no_grad():
+        logits = model(*(collated[c] for c in columns)).float().numpy()  # (windows, L, 2)
+    lengths = collated[ATTENTION_MASK].sum(dim=1).numpy()  # (windows,)
+    example_index = np.asarray(collated["example_index"])
+    rows = len(batch[QA_COLUMNS[0]])
+    flat, kept = np.empty(rows, dtype=object), np.empty(rows, dtype=object)
+    for i in range(rows):
+        windows = np.flatnonzero(example_index == i)
+        flat[i] = np.concatenate([logits[w, : lengths[w]] for w in windows]).astype(np.float32)  # (positions, 2)
+        kept[i] = lengths[windows].astype(np.int32)
+    return {TEACHER_LOGITS: flat, TEACHER_WINDOW_LENGTHS: kept}
 
 
 def qa_collate(config: BertConfig) -> QACollate:

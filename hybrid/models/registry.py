@@ -17,13 +17,38 @@ from torch import nn
 
 from hybrid._dataclass_io import from_dict, show
 from hybrid.errors import ConfigError, did_you_mean
-from hybrid.models.tasks import TASKS, Task
+from hybrid.models.tasks import TASKS, TEACHER_LOGITS, Task
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {name: task.metrics for name, task in TASKS.items()}
 """Validation metrics the training loop reports for each task: what ``tune.metric`` may name."""
 
 ALL_STAGES: tuple[str, ...] = ("tune", "distill", "quantize", "score")
 """The pipeline's stages after ingest, in order."""
+
+TeacherOutputs = Callable[..., dict[str, np.ndarray]]
+"""``(model, batch, *, columns, collate) -> columns``: a teacher's outputs for a numpy batch of dataset rows, as
+new columns of one entry per row (see :attr:`ModelFamily.teacher_outputs`)."""
+
+
+def logits_per_row(
+    model: Callable[..., torch.Tensor], batch: Mapping[str, Any], *, columns: Sequence[str],
+    collate: Callable[[dict[str, Any]], dict[str, Any]] | None,
+) -> dict[str, np.ndarray]:
+    """The teacher outputs of a family whose model maps each row to one output (a classifier):
+    ``teacher_logits`` ``(rows, num_classes)`` float32, which Ray's default collate (or the family's) stacks.
+
+    Args:
+        model: The teacher, in eval mode.
+        batch: A numpy batch of dataset rows.
+        columns: The family's ``input_columns``.
+        collate: The family's collate function (``None``: columns are stacked as float32).
+
+    Returns:
+        ``{"teacher_logits": (rows, num_classes) float32}``.
+    """
+    with torch.no_grad():
+        logits = model(*batch_inputs(batch, columns, collate))  # (rows, num_classes)
+    return {TEACHER_LOGITS: logits.float().numpy()}
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,11 @@ class ModelFamily:
     """Model config fields that must equal the data config's field of the same name (a classifier's
     ``num_classes``: labels beyond the head's classes crash the loss inside a worker; a CNN's
     ``image_size``: rows of another size cannot be reshaped into its input)."""
+    teacher_outputs: TeacherOutputs = logits_per_row
+    """How the distill stage stores a teacher's outputs on the training rows, once, before the student trains:
+    columns of one entry per dataset row, which the family's collate turns into the batch's
+    ``teacher_logits`` shaped like the model's output (a classifier: :func:`logits_per_row`; a span model,
+    whose rows are examples of several windows: each example's windows, unpadded)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -85,6 +115,11 @@ class ModelFamily:
             raise ValueError(f"family {self.name!r} lists the distill stage, so it needs make_student")
         if not self.metrics:
             object.__setattr__(self, "metrics", TASKS[self.task].metrics)
+
+    @property
+    def headline(self) -> str:
+        """The metric that ranks this family's models (its task's :attr:`~hybrid.models.tasks.Task.headline`)."""
+        return TASKS[self.task].headline
 
     @property
     def evaluation(self) -> Task:
@@ -113,6 +148,7 @@ def register_model(
     stages: tuple[str, ...] = ALL_STAGES,
     check_config: Callable[[Any], None] | None = None,
     data_fields: tuple[str, ...] = (),
+    teacher_outputs: TeacherOutputs = logits_per_row,
 ) -> None:
     """Register a model family under ``name`` (re-registering the same name replaces it); the keywords are
     :class:`ModelFamily`'s fields."""
@@ -120,7 +156,7 @@ def register_model(
         name=name, config_cls=config_cls, build=build, input_columns=input_columns, collate=collate,
         export_assets=export_assets, localize=localize, task=task, modality=modality, metrics=metrics,
         path_fields=path_fields, padding_mask=padding_mask, make_student=make_student, stages=stages,
-        check_config=check_config, data_fields=data_fields,
+        check_config=check_config, data_fields=data_fields, teacher_outputs=teacher_outputs,
     )
 
 

@@ -18,8 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid.metrics import classification_metrics, confusion_matrix
+from hybrid.models.losses import distillation_loss, span_distillation_loss
 
 LABEL = "label"
+TEACHER_LOGITS = "teacher_logits"
+"""The collated batch's teacher outputs, shaped like the model's (what a task's ``distillation_loss`` reads)."""
 
 
 def model_inputs(batch: dict[str, torch.Tensor], columns: Sequence[str]) -> list[torch.Tensor]:
@@ -131,6 +134,13 @@ class Task:
     which a task reads its decoding options)."""
     summarize: Callable[[np.ndarray, int], Evaluation]
     """``(summed array, num_classes) -> Evaluation``."""
+    headline: str
+    """The one metric (of :attr:`Evaluation.scores`) that ranks models of this task, such as the int8
+    accuracy gate's: ``accuracy``, or ``f1`` for spans."""
+    distillation_loss: Callable[..., torch.Tensor]
+    """``(student_logits, teacher_logits, labels, *, alpha, temperature, label_smoothing) -> scalar``: a
+    student's loss against its teacher's logits and the labels, logits and labels as the model and collate
+    give them (see :mod:`hybrid.models.losses`)."""
 
 
 def _classification_sums(model: Any, batches: Iterable[dict[str, Any]], *, columns: Sequence[str],
@@ -174,11 +184,12 @@ def _span_summary(sums: np.ndarray, num_classes: int = 0) -> Evaluation:
 CLASSIFICATION = Task(
     name="classification",
     metrics=("val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall", "val_loss"),
-    evaluate=_classification_sums, summarize=_classification_summary,
+    evaluate=_classification_sums, summarize=_classification_summary, headline="accuracy",
+    distillation_loss=distillation_loss,
 )
 SPANS = Task(
     name="spans", metrics=("val_f1", "val_exact_match", "val_loss"),
-    evaluate=_span_sums, summarize=_span_summary,
+    evaluate=_span_sums, summarize=_span_summary, headline="f1", distillation_loss=span_distillation_loss,
 )
 TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, SPANS)}
 """Every task, by name."""

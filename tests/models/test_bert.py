@@ -112,3 +112,109 @@ def test_doc_stride_is_checked_for_span_models_only() -> None:
     with pytest.raises(ConfigError, match=r"model.doc_stride must be < model.max_length=32 for bert_qa, but got 32"):
         config_from_dict({"model": {"name": "bert_qa", "pretrained_dir": str(MODEL), "max_length": 32,
                                     "doc_stride": 32}})
+
+
+def test_pad_teacher_windows_puts_each_example_back_in_its_windows() -> None:
+    from hybrid.errors import DataError
+    from hybrid.models.bert import SPAN_PAD_LOGIT, pad_teacher_windows
+
+    # Example 0 has two windows of lengths 3 and 2, example 1 one window of length 4; the batch pads to 4.
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    example_index = np.array([0, 0, 1])
+    first = np.arange(10, dtype=np.float32).reshape(5, 2)  # windows 3 + 2 positions, (start, end) each
+    second = -np.arange(8, dtype=np.float32).reshape(4, 2)
+    padded = pad_teacher_windows([first, second], [np.array([3, 2]), np.array([4])], attention_mask=mask,
+                                 example_index=example_index)
+    assert padded.shape == (3, 4, 2) and padded.dtype == np.float32
+    np.testing.assert_array_equal(padded[0, :3], first[:3])
+    np.testing.assert_array_equal(padded[1, :2], first[3:])
+    np.testing.assert_array_equal(padded[2], second)
+    assert (padded[0, 3:] == SPAN_PAD_LOGIT).all() and (padded[1, 2:] == SPAN_PAD_LOGIT).all()
+    # Flat storage (one float per position and side) reads the same.
+    flat = pad_teacher_windows([first.ravel(), second.ravel()], [[3, 2], [4]], attention_mask=mask,
+                               example_index=example_index)
+    np.testing.assert_array_equal(flat, padded)
+
+    with pytest.raises(DataError, match=r"example 0's teacher logits must cover its windows of lengths \[3, 2\], "
+                                        r"but they cover windows of lengths \[3\]"):
+        pad_teacher_windows([first[:3], second], [np.array([3]), np.array([4])], attention_mask=mask,
+                            example_index=example_index)
+    with pytest.raises(DataError, match=r"each of the batch's 2 examples, but got 1 logits"):
+        pad_teacher_windows([first], [np.array([3, 2])], attention_mask=mask, example_index=example_index)
+
+
+def _qa_config(**overrides: object) -> object:
+    return model_config("bert_qa", {"pretrained_dir": str(MODEL), "num_layers": 2, "max_length": 32,
+                                    "doc_stride": 8, "dropout": 0.0, **overrides})
+
+
+def _qa_rows() -> dict[str, np.ndarray]:
+    long = ("The harbour museum keeps three wooden boats, a lighthouse lens and the logbooks of the ferry that "
+            "crossed the bay every morning from 1890 until the bridge opened in 1961, when the service ended.")
+    short = "The bakery opens at seven and sells rye bread."
+    return {
+        "question": np.array(["When did the bridge open?", "When does the bakery open?"], dtype=object),
+        "context": np.array([long, short], dtype=object),
+        "answer_start": np.array([long.index("1961"), short.index("seven")]),
+        "answer_text": np.array(["1961", "seven"], dtype=object),
+    }
+
+
+def test_qa_teacher_outputs_are_stored_unpadded_and_collate_back_to_the_teacher_logits() -> None:
+    from hybrid.models import get_family
+    from hybrid.models.bert import SPAN_PAD_LOGIT, TEACHER_WINDOW_LENGTHS
+    from hybrid.models.tasks import TEACHER_LOGITS
+
+    config = _qa_config()
+    teacher = create_model("bert_qa", config=config).eval()
+    family, collate, rows = get_family("bert_qa"), collate_fn("bert_qa", config), _qa_rows()
+    stored = family.teacher_outputs(teacher, rows, columns=family.input_columns, collate=collate)
+    windows = collate(dict(rows))
+    lengths = windows["attention_mask"].sum(1)
+    assert (windows["example_index"] == 0).sum() >= 2  # the long context needs several windows
+    for i in range(2):
+        mine = lengths[torch.as_tensor(windows["example_index"] == i)]
+        assert stored[TEACHER_WINDOW_LENGTHS][i].tolist() == mine.tolist()
+        assert stored[TEACHER_LOGITS][i].shape == (int(mine.sum()), 2)
+        assert stored[TEACHER_LOGITS][i].dtype == np.float32
+
+    with torch.no_grad():
+        expected = teacher(*(windows[c] for c in family.input_columns))
+    together = collate({**rows, **stored})[TEACHER_LOGITS]
+    torch.testing.assert_close(together, expected)  # the span head's padding is SPAN_PAD_LOGIT too
+    # The short example alone pads to its own (shorter) window: same logits, cut to its length.
+    alone = collate({k: v[1:] for k, v in {**rows, **stored}.items()})[TEACHER_LOGITS]
+    n = int(lengths[-1])
+    assert alone.shape == (1, n, 2)
+    torch.testing.assert_close(alone[0], expected[-1, :n])
+    assert (together[-1, n:] == SPAN_PAD_LOGIT).all()
+
+
+def test_qa_student_keeps_every_other_teacher_layer_and_learns_from_the_span_distillation_loss(tmp_path: Path) -> None:
+    from hybrid.distill import student_config
+    from hybrid.models import get_family
+    from hybrid.models.tasks import TEACHER_LOGITS
+
+    config = _qa_config()
+    teacher = create_model("bert_qa", config=config).eval()
+    save_model(tmp_path / "t", teacher, family="bert_qa", config=config)
+    meta = json.loads((tmp_path / "t" / "model.json").read_text())
+    student_cfg = student_config("bert_qa", meta["config"], {}, width_multiplier=0.5, teacher_dir=tmp_path / "t")
+    student = create_model("bert_qa", config=student_cfg).train()
+    assert len(teacher.encoder.encoder.layer) == 2 and len(student.encoder.encoder.layer) == 1
+    assert torch.equal(student.encoder.encoder.layer[0].output.dense.weight,
+                       teacher.encoder.encoder.layer[1].output.dense.weight)
+
+    family, rows = get_family("bert_qa"), _qa_rows()
+    stored = family.teacher_outputs(teacher, rows, columns=family.input_columns,
+                                    collate=model_collate(tmp_path / "t"))
+    batch = collate_fn("bert_qa", student_cfg)({**rows, **stored})
+    logits = student(*(batch[c] for c in family.input_columns))
+    assert logits.shape == batch[TEACHER_LOGITS].shape
+    loss = family.evaluation.distillation_loss(logits, batch[TEACHER_LOGITS], batch["label"], alpha=0.7,
+                                               temperature=4.0)
+    loss.backward()
+    grads = [p.grad for p in student.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert student.head.weight.grad.abs().sum() > 0

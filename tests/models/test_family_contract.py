@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import hybrid
-from hybrid.artifacts import load_model, read_metadata, save_model
+from hybrid.artifacts import load_model, model_collate, read_metadata, save_model
 from hybrid.models import batch_inputs, collate_fn, create_model, get_family, list_models, model_config
 from hybrid.testing import minilm_dir, tiny_cnn_config, toy_images
 
@@ -159,6 +159,33 @@ def test_make_student_builds_a_smaller_model(name: str, teacher: Any) -> None:
     inputs, _ = _collated(name, config, TINY[name][1]())
     with torch.no_grad():
         assert student(*inputs).shape == big(*inputs).shape
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_student_learns_from_its_teacher_outputs_through_the_family_collate(name: str, teacher: Any) -> None:
+    """The distill stage's path without Ray: the teacher's outputs stored per row as the family says, the
+    family's collate shaping them like the student's logits, and the task's distillation loss training it."""
+    family = get_family(name)
+    if "distill" not in family.stages:
+        return
+    directory, config = teacher(name)
+    big, meta = load_model(directory)
+    raw = TINY[name][1]()
+    stored = family.teacher_outputs(big.eval(), raw, columns=family.input_columns,
+                                    collate=model_collate(directory, meta))
+    assert all(len(column) == len(raw[next(iter(raw))]) for column in stored.values())  # one entry per row
+    params = family.make_student(meta["config"], width_multiplier=0.5, teacher_dir=directory)
+    student_cfg = model_config(name, params)
+    torch.manual_seed(0)
+    student = create_model(name, config=student_cfg).train()
+    inputs, batch = _collated(name, student_cfg, {**raw, **stored})
+    logits = student(*inputs)
+    assert batch["teacher_logits"].shape == logits.shape
+    loss = family.evaluation.distillation_loss(logits, batch["teacher_logits"], batch["label"], alpha=0.5,
+                                               temperature=2.0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
 
 FAMILY_GUESSES = (
