@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from hybrid._dataclass_io import require
@@ -33,6 +32,7 @@ __all__ = ["TEACHER_LOGITS", "DistillConfig", "DistillResult", "add_teacher_logi
            "student_config"]
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import ray.data
 
     from hybrid.config import Config
@@ -83,9 +83,22 @@ class _TeacherLogits:
         self.columns = input_columns
         self.outputs = get_family(meta["family"]).teacher_outputs
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch.update(self.outputs(self.model, batch, columns=self.columns, collate=self.collate))
-        return batch
+    def __call__(self, table: pa.Table) -> pa.Table:
+        """``table`` (an Arrow batch of rows) with the teacher's output columns added (or replaced).
+
+        The rows' own columns pass through as Arrow, untouched: a round trip through numpy would turn a
+        ``list<string>`` column (a QA row's ``answers``) into pickled Python objects.
+        """
+        from ray.data.block import BlockAccessor
+
+        batch = BlockAccessor.for_block(table).to_batch_format("numpy")
+        outputs = BlockAccessor.batch_to_block(self.outputs(self.model, batch, columns=self.columns,
+                                                            collate=self.collate))
+        for name in outputs.column_names:
+            if name in table.column_names:
+                table = table.drop_columns([name])
+            table = table.append_column(name, outputs.column(name))
+        return table
 
 
 def add_teacher_logits(
@@ -107,7 +120,7 @@ def add_teacher_logits(
         _TeacherLogits,
         fn_constructor_kwargs={"model_dir": teacher, "input_columns": input_columns, "threads": num_cpus},
         batch_size=batch_size,
-        batch_format="numpy",
+        batch_format="pyarrow",
         concurrency=1,
         num_cpus=num_cpus,
     ).materialize()

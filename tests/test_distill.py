@@ -117,3 +117,44 @@ def test_student_config_narrows_the_teacher_and_applies_overrides_last():
     assert (student.base_channels, student.head_width, student.num_blocks, student.kernel_size) == (16, 128, 2, 3)
     # a head of width 0 (no hidden layer) stays 0 rather than growing to 1
     assert student_config("cnn", {**teacher, "head_width": 0}, {}, width_multiplier=0.5).head_width == 0
+
+
+def test_teacher_outputs_join_the_rows_and_keep_their_arrow_columns(tmp_path) -> None:
+    """The distill stage's Ray Data callable on one Arrow batch of QA examples (no cluster): the teacher's
+    windows come back per example, and the rows' own columns (``answers``: list<string>) stay Arrow, never
+    pickled objects."""
+    import numpy as np
+    import pyarrow as pa
+    from ray.data.block import BlockAccessor
+
+    from hybrid.artifacts import save_model
+    from hybrid.distill import _TeacherLogits
+    from hybrid.models import collate_fn, create_model, get_family, model_config
+    from hybrid.testing import minilm_dir
+
+    if minilm_dir() is None:
+        pytest.skip("all-MiniLM-L6-v2 not installed (scripts/setup.sh)")
+    config = model_config("bert_qa", {"pretrained_dir": str(minilm_dir()), "num_layers": 1, "max_length": 32,
+                                      "doc_stride": 8, "dropout": 0.0})
+    torch.manual_seed(0)
+    teacher = create_model("bert_qa", config=config).eval()
+    save_model(tmp_path / "t", teacher, family="bert_qa", config=config)
+    context = ("The harbour museum keeps three wooden boats and the logbooks of the ferry that crossed the bay "
+               "every morning from 1890 until the bridge opened in 1961, when the service ended for good.")
+    table = pa.table({
+        "question": ["When did the bridge open?", "What crossed the bay?"], "context": [context, context],
+        "answer_start": [context.index("1961"), context.index("ferry")], "answer_text": ["1961", "ferry"],
+        "answers": pa.array([["1961"], ["The ferry", "ferry"]], type=pa.list_(pa.string())),
+    })
+    family = get_family("bert_qa")
+    out = _TeacherLogits(str(tmp_path / "t"), family.input_columns)(table)
+    assert out.schema.field("answers").type == pa.list_(pa.string())
+    assert {"teacher_logits", "teacher_window_lengths"} <= set(out.column_names) and out.num_rows == 2
+    again = _TeacherLogits(str(tmp_path / "t"), family.input_columns)(out)  # recomputed, not duplicated
+    assert again.column_names == out.column_names
+
+    batch = collate_fn("bert_qa", config)(BlockAccessor.for_block(out).to_batch_format("numpy"))
+    with torch.no_grad():
+        expected = teacher(*(batch[c] for c in family.input_columns))
+    torch.testing.assert_close(batch["teacher_logits"], expected)
+    assert np.asarray(batch["example_index"]).tolist().count(0) >= 2  # several windows per example

@@ -281,3 +281,69 @@ def test_the_gate_is_absolute_by_default_and_relative_when_a_ratio_is_set() -> N
     assert QuantizeConfig(min_accuracy_ratio=0.97).threshold(0.87) == pytest.approx(0.8439)
     with pytest.raises(ConfigError, match=r"min_accuracy_ratio must be in \(0, 1\], but got 1.5"):
         QuantizeConfig(min_accuracy_ratio=1.5)
+
+
+def test_the_gate_compares_the_scorer_metric_when_one_is_given() -> None:
+    """A family whose headline metric is not top-1 accuracy (spans: F1) gates on its own metric."""
+    from hybrid.quantize import Int8Model
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    config = QuantizeConfig(backend="onnxruntime", latency_repeats=1, latency_batch_size=8, num_threads=1)
+
+    def f1(runnable: object) -> float:
+        return 0.40 if isinstance(runnable, Int8Model) else 0.50
+
+    result = quantize(mlp, toy_batches(64, seed=0), config, eval_batches=toy_batches(32, seed=1), scorer=("f1", f1))
+    assert result.metric == "f1" and result.reference == 0.50 and result.baseline.score == 0.50
+    measured = result.candidates["onnxruntime"]
+    assert measured.score == 0.40 and measured.passed_gate is False and not result.passed_gate
+    # Top-1 accuracy is still measured, and alone would have passed: the scorer's metric is what failed it.
+    assert measured.accuracy >= config.threshold(result.baseline.accuracy)
+    summary = json.loads(json.dumps(result.summary()))
+    assert (summary["metric"], summary["reference"], summary["int8"]["onnxruntime"]["score"]) == ("f1", 0.5, 0.4)
+    # Against a weaker teacher (the reference given) the same int8 model passes: 0.40 >= 0.405 - 0.01.
+    again = quantize(mlp, toy_batches(64, seed=0), config, eval_batches=toy_batches(32, seed=1),
+                     scorer=("f1", f1), reference=0.405)
+    assert again.passed_gate and again.reference == 0.405
+
+
+def test_a_span_model_quantizes_with_windows_of_different_lengths_per_batch() -> None:
+    """A span head's batches differ in window length: measured batch by batch, gated on the task's F1."""
+    import numpy as np
+
+    from hybrid.models import collate_fn, create_model, get_family, model_config
+    from hybrid.testing import minilm_dir
+
+    if minilm_dir() is None:
+        pytest.skip("all-MiniLM-L6-v2 not installed (scripts/setup.sh)")
+    config = model_config("bert_qa", {"pretrained_dir": str(minilm_dir()), "num_layers": 1, "max_length": 32,
+                                      "doc_stride": 8, "dropout": 0.0})
+    torch.manual_seed(0)
+    model = create_model("bert_qa", config=config).eval()
+    family, collate = get_family("bert_qa"), collate_fn("bert_qa", config)
+    long = "The ferry crossed the bay every morning from 1890 until the bridge opened in 1961, ending it."
+
+    def batch(question: str, context: str, answer: str) -> dict[str, object]:
+        return collate({"question": np.array([question], dtype=object), "context": np.array([context], dtype=object),
+                        "answer_start": np.array([context.index(answer)]),
+                        "answer_text": np.array([answer], dtype=object)})
+
+    batches = [batch("When did the bridge open?", long, "1961"), batch("Who?", "Ann baked.", "Ann")]
+    assert batches[0]["input_ids"].shape[1] != batches[1]["input_ids"].shape[1]
+
+    def f1(runnable: object) -> float:
+        sums = family.evaluation.evaluate(runnable, batches, columns=family.input_columns,
+                                          device=torch.device("cpu"), model_config=config)
+        return family.evaluation.summarize(sums, 0).scores["f1"]
+
+    qconfig = QuantizeConfig(backend="onnxruntime", latency_repeats=1, latency_batch_size=4, num_threads=1)
+    result = quantize(model, batches, qconfig, eval_batches=batches, input_columns=family.input_columns,
+                      padding_mask=family.padding_mask, scorer=(family.headline, f1))
+    assert result.metric == "f1" and result.model.mode == "dynamic"
+    measured = result.candidates["onnxruntime"]
+    assert 0.0 <= measured.score <= 1.0 and measured.agreement >= 0.9
+    with torch.no_grad():
+        expected = model(*(batches[1][c] for c in family.input_columns))
+    actual = result.model(*(batches[1][c] for c in family.input_columns))
+    assert actual.shape == expected.shape  # (windows, L, 2), padding positions included
