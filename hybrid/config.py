@@ -512,8 +512,9 @@ def check_before_start(config: Config, *, need_search_space: bool = True) -> Non
 
 
 def check_agreement(config: Config) -> None:
-    """Rules across sections: the data's modality is the model family's, and the model (and the student)
-    has the data's classes and image size.
+    """Rules across sections: the data's modality is the model family's, the model (and the student) has
+    the data's classes and image size, and ``distill.student`` leaves alone what a student must take from its
+    teacher (the family's ``student_inherits``).
 
     Raises:
         ConfigError: Naming the model key and the data key it must match.
@@ -524,6 +525,12 @@ def check_agreement(config: Config) -> None:
         f"data.modality must be {family.modality!r} for model.name={config.model_name!r}, "
         f"but got {config.data.modality!r}",
     )
+    for key in family.student_inherits:  # see its docstring for why
+        require(
+            key not in config.distill.student,
+            f"distill.student.{key} must not be set for model.name={config.model_name!r} (a student takes it from "
+            f"its teacher, whose outputs were stored with it), but got {show(config.distill.student.get(key))}",
+        )
     shared = family.data_fields  # see its docstring for why each must match
     models = [("model", config.model)]
     if config.distill.student:

@@ -97,6 +97,10 @@ CASES = [
     Case("student-not-a-mapping", ("distill.student", "mapping", "5"), {"distill": {"student": 5}}),
     Case("student-classes-differ", ("distill.student.num_classes", "equal", "data.num_classes=10", "5"),
          {"distill": {"student": {"num_classes": 5}}}),
+    Case("student-windows-differ-from-the-teacher", ("distill.student.doc_stride", "must not be set", "'bert_qa'",
+                                                     "16"),
+         {"model": {"name": "bert_qa", "pretrained_dir": "{tmp}"}, "tune": {"metric": "val_f1"},
+          "data": {"source": "squad", "modality": "qa", "path": "{tmp}"}, "distill": {"student": {"doc_stride": 16}}}),
     Case("student-set-typo", ("distill.student.kernal_size", "unknown", "did you mean 'kernel_size'"),
          sets=("distill.student={kernal_size: 5}",)),
     # --- --set values

@@ -49,6 +49,7 @@ register_model(
     stages=("tune", "distill", "quantize"),  # Spark scoring of span models is not implemented yet
     check_config=bert.check_spans,
     teacher_outputs=bert.qa_teacher_outputs,
+    student_inherits=("max_length", "doc_stride"),
 )
 
 __all__ = [

@@ -99,6 +99,10 @@ class ModelFamily:
     """Model config fields that must equal the data config's field of the same name (a classifier's
     ``num_classes``: labels beyond the head's classes crash the loss inside a worker; a CNN's
     ``image_size``: rows of another size cannot be reshaped into its input)."""
+    student_inherits: tuple[str, ...] = ()
+    """Config fields a student must take from its teacher, which ``distill.student`` may therefore not set (a
+    span model's ``max_length`` and ``doc_stride``: they cut each example into the windows that the teacher's
+    stored logits cover)."""
     teacher_outputs: TeacherOutputs = logits_per_row
     """How the distill stage stores a teacher's outputs on the training rows, once, before the student trains:
     columns of one entry per dataset row, which the family's collate turns into the batch's
@@ -149,6 +153,7 @@ def register_model(
     check_config: Callable[[Any], None] | None = None,
     data_fields: tuple[str, ...] = (),
     teacher_outputs: TeacherOutputs = logits_per_row,
+    student_inherits: tuple[str, ...] = (),
 ) -> None:
     """Register a model family under ``name`` (re-registering the same name replaces it); the keywords are
     :class:`ModelFamily`'s fields."""
@@ -157,6 +162,7 @@ def register_model(
         export_assets=export_assets, localize=localize, task=task, modality=modality, metrics=metrics,
         path_fields=path_fields, padding_mask=padding_mask, make_student=make_student, stages=stages,
         check_config=check_config, data_fields=data_fields, teacher_outputs=teacher_outputs,
+        student_inherits=student_inherits,
     )
 
 
