@@ -10,7 +10,9 @@ Why once and not on the fly: the training rows are not augmented, so the teacher
 change; computing them once costs one teacher forward pass per row, on the fly costs one per row *per
 epoch* inside the student's step (measured on the demo teacher: about 0.6 ms/row of teacher forward
 against about 0.3 ms/row for a student training step, so on the fly would roughly triple each student
-epoch). Ten floats per row in the object store are cheap.
+epoch). Ten floats per row in the object store are cheap. A span model's row (an example) holds two floats
+per token of each of its windows instead: about 1 KB for a one-window paragraph at 128 tokens, so about
+0.1-0.3 GB for SQuAD v1.1's 88k training questions, still far below re-running the teacher every epoch.
 """
 
 from __future__ import annotations
