@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from hybrid.shipping import ShippedDir
 
 
-
 @dataclass(frozen=True)
 class DistillConfig:
     """How the student learns from the teacher (Hinton et al., 2015)."""
