@@ -294,7 +294,7 @@ class QACollate(NumpyBatchCollateFn):
         out: dict[str, Any] = {k: torch.as_tensor(feats[k]) for k in (INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK)}
         if TEACHER_LOGITS in batch:
             out[TEACHER_LOGITS] = torch.as_tensor(pad_teacher_windows(
-                list(batch[TEACHER_LOGITS]), list(batch[TEACHER_WINDOW_LENGTHS]),
+                list(batch[TEACHER_LOGITS]), window_lengths=list(batch[TEACHER_WINDOW_LENGTHS]),
                 attention_mask=feats[ATTENTION_MASK], example_index=feats["example_index"]))
         out[LABEL] = torch.as_tensor(np.stack([feats["start_positions"], feats["end_positions"]], axis=1))
         out["offsets"], out["example_index"] = feats["offsets"], feats["example_index"]
@@ -305,7 +305,7 @@ class QACollate(NumpyBatchCollateFn):
 
 
 def pad_teacher_windows(
-    logits: list[np.ndarray], window_lengths: list[np.ndarray], *, attention_mask: np.ndarray,
+    logits: list[np.ndarray], *, window_lengths: list[np.ndarray], attention_mask: np.ndarray,
     example_index: np.ndarray, pad: float = SPAN_PAD_LOGIT,
 ) -> np.ndarray:
     """A batch's stored teacher span logits, padded like its windows.

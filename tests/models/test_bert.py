@@ -123,7 +123,7 @@ def test_pad_teacher_windows_puts_each_example_back_in_its_windows() -> None:
     example_index = np.array([0, 0, 1])
     first = np.arange(10, dtype=np.float32).reshape(5, 2)  # windows 3 + 2 positions, (start, end) each
     second = -np.arange(8, dtype=np.float32).reshape(4, 2)
-    padded = pad_teacher_windows([first, second], [np.array([3, 2]), np.array([4])], attention_mask=mask,
+    padded = pad_teacher_windows([first, second], window_lengths=[np.array([3, 2]), np.array([4])], attention_mask=mask,
                                  example_index=example_index)
     assert padded.shape == (3, 4, 2) and padded.dtype == np.float32
     np.testing.assert_array_equal(padded[0, :3], first[:3])
@@ -131,16 +131,17 @@ def test_pad_teacher_windows_puts_each_example_back_in_its_windows() -> None:
     np.testing.assert_array_equal(padded[2], second)
     assert (padded[0, 3:] == SPAN_PAD_LOGIT).all() and (padded[1, 2:] == SPAN_PAD_LOGIT).all()
     # Flat storage (one float per position and side) reads the same.
-    flat = pad_teacher_windows([first.ravel(), second.ravel()], [[3, 2], [4]], attention_mask=mask,
+    flat = pad_teacher_windows([first.ravel(), second.ravel()], window_lengths=[[3, 2], [4]], attention_mask=mask,
                                example_index=example_index)
     np.testing.assert_array_equal(flat, padded)
 
     with pytest.raises(DataError, match=r"example 0's teacher logits must cover its windows of lengths \[3, 2\], "
                                         r"but they cover windows of lengths \[3\]"):
-        pad_teacher_windows([first[:3], second], [np.array([3]), np.array([4])], attention_mask=mask,
+        pad_teacher_windows([first[:3], second], window_lengths=[np.array([3]), np.array([4])], attention_mask=mask,
                             example_index=example_index)
     with pytest.raises(DataError, match=r"each of the batch's 2 examples, but got 1 logits"):
-        pad_teacher_windows([first], [np.array([3, 2])], attention_mask=mask, example_index=example_index)
+        pad_teacher_windows([first], window_lengths=[np.array([3, 2])], attention_mask=mask,
+                            example_index=example_index)
 
 
 def _qa_config(**overrides: object) -> object:
