@@ -158,3 +158,28 @@ def test_teacher_outputs_join_the_rows_and_keep_their_arrow_columns(tmp_path) ->
         expected = teacher(*(batch[c] for c in family.input_columns))
     torch.testing.assert_close(batch["teacher_logits"], expected)
     assert np.asarray(batch["example_index"]).tolist().count(0) >= 2  # several windows per example
+
+
+def test_a_classifier_teacher_adds_one_logits_row_per_image(tmp_path) -> None:
+    """The same callable for a CNN: ``teacher_logits`` ``(rows, classes)`` next to the untouched pixels."""
+    import numpy as np
+    from ray.data.block import BlockAccessor
+
+    from hybrid.artifacts import save_model
+    from hybrid.distill import _TeacherLogits
+    from hybrid.models import create_model
+    from hybrid.testing import tiny_cnn_config, toy_images
+
+    config = tiny_cnn_config()
+    torch.manual_seed(0)
+    teacher = create_model("cnn", config=config).eval()
+    save_model(tmp_path / "t", teacher, family="cnn", config=config)
+    images, labels = toy_images(5, image_size=8, num_classes=3)
+    table = BlockAccessor.batch_to_block({"pixels": images.reshape(5, -1).astype(np.float32), "label": labels})
+    out = _TeacherLogits(str(tmp_path / "t"), ("pixels",))(table)
+    assert out.schema.field("pixels").type == table.schema.field("pixels").type
+    logits = BlockAccessor.for_block(out).to_batch_format("numpy")["teacher_logits"]
+    assert logits.shape == (5, 3) and logits.dtype == np.float32
+    with torch.no_grad():
+        expected = teacher(torch.as_tensor(images.reshape(5, -1).astype(np.float32)))
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-6)
