@@ -346,8 +346,9 @@ def quantize(
             float_logits = _batched(model, eval_inputs)
         baseline = _measure(model, float_logits, float_logits, eval_labels, eval_inputs, config, threads)
         baseline.size_bytes = _float_size(model)
-        baseline.score = scorer[1](model) if scorer is not None else baseline.accuracy
-        reference = baseline.score if reference is None else reference
+        # float(): a task's metrics are numpy scalars, and a numpy bool from comparing them is no JSON.
+        baseline.score = float(scorer[1](model)) if scorer is not None else baseline.accuracy
+        reference = baseline.score if reference is None else float(reference)
 
         backends = ["torch", "onnxruntime"] if config.backend == "auto" else [config.backend]
         models: dict[str, Int8Model] = {}
@@ -369,8 +370,8 @@ def quantize(
                 logits = _batched(int8, eval_inputs)
             measured = _measure(int8, logits, float_logits, eval_labels, eval_inputs, config, threads)
             measured.size_bytes = int8.size_bytes
-            measured.score = scorer[1](int8) if scorer is not None else measured.accuracy
-            measured.passed_gate = measured.score >= config.threshold(reference)
+            measured.score = float(scorer[1](int8)) if scorer is not None else measured.accuracy
+            measured.passed_gate = bool(measured.score >= config.threshold(reference))
             models[backend], candidates[backend] = int8, measured
         if not models:
             raise QuantizationError(f"no backend could quantize the model: {failures}")

@@ -291,8 +291,10 @@ def test_the_gate_compares_the_scorer_metric_when_one_is_given() -> None:
     mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
     config = QuantizeConfig(backend="onnxruntime", latency_repeats=1, latency_batch_size=8, num_threads=1)
 
-    def f1(runnable: object) -> float:
-        return 0.40 if isinstance(runnable, Int8Model) else 0.50
+    def f1(runnable: object) -> float:  # numpy scalars, as a task's metrics are: the summary must still be JSON
+        import numpy as np
+
+        return np.float64(0.40 if isinstance(runnable, Int8Model) else 0.50)
 
     result = quantize(mlp, toy_batches(64, seed=0), config, eval_batches=toy_batches(32, seed=1), scorer=("f1", f1))
     assert result.metric == "f1" and result.reference == 0.50 and result.baseline.score == 0.50
@@ -300,7 +302,7 @@ def test_the_gate_compares_the_scorer_metric_when_one_is_given() -> None:
     assert measured.score == 0.40 and measured.passed_gate is False and not result.passed_gate
     # Top-1 accuracy is still measured, and alone would have passed: the scorer's metric is what failed it.
     assert measured.accuracy >= config.threshold(result.baseline.accuracy)
-    summary = json.loads(json.dumps(result.summary()))
+    summary = json.loads(json.dumps(result.summary()))  # the pipeline commits it as JSON
     assert (summary["metric"], summary["reference"], summary["int8"]["onnxruntime"]["score"]) == ("f1", 0.5, 0.4)
     # Against a weaker teacher (the reference given) the same int8 model passes: 0.40 >= 0.405 - 0.01.
     again = quantize(mlp, toy_batches(64, seed=0), config, eval_batches=toy_batches(32, seed=1),
