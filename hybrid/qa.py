@@ -404,17 +404,32 @@ def featurize(
     return out
 
 
+def context_room(
+    tokenizer: PreTrainedTokenizerBase, questions: Sequence[str], *, max_length: int
+) -> np.ndarray:
+    """Context tokens a window of ``max_length`` tokens holds beside each question (special tokens counted).
+
+    :func:`featurize` needs more than ``doc_stride`` of them for every question; a scorer uses this to flag
+    the rows that would not fit rather than fail on the whole batch.
+
+    Returns:
+        ``(len(questions),)`` int64; zero or negative for a question that fills the window by itself.
+    """
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    ids = tokenizer(list(questions), add_special_tokens=False)["input_ids"] if len(questions) else []
+    return np.array([room - len(q) for q in ids], np.int64)
+
+
 def _check_question_room(
     tokenizer: PreTrainedTokenizerBase, questions: list[str], max_length: int, doc_stride: int
 ) -> None:
     # The Rust tokenizer panics (no row named) when a window cannot hold more than doc_stride context tokens.
-    room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    for i, ids in enumerate(tokenizer(questions, add_special_tokens=False)["input_ids"]):
-        if room - len(ids) <= doc_stride:
+    for i, room in enumerate(context_room(tokenizer, questions, max_length=max_length)):
+        if room <= doc_stride:
             raise DataError(
-                f"featurize: question {i} has {len(ids)} tokens, leaving {room - len(ids)} context tokens per "
-                f"window; that must exceed doc_stride={doc_stride} (max_length={max_length}); raise "
-                "max_length, lower doc_stride or shorten the question"
+                f"featurize: question {i} has {max_length - tokenizer.num_special_tokens_to_add(pair=True) - room} "
+                f"tokens, leaving {room} context tokens per window; that must exceed doc_stride={doc_stride} "
+                f"(max_length={max_length}); raise max_length, lower doc_stride or shorten the question"
             )
 
 

@@ -1,9 +1,16 @@
 """Score: batch inference with a saved model inside Spark; a bad row is flagged, never fatal.
 
-Data flow for a DataFrame with an image column (``pixels``, an array of numbers) or a text column
-(``text``, a string; the model directory carries its tokenizer, and rules ``text_null`` and
+What a row holds, the rules it is checked against, the columns added and the prediction itself are the
+model family's (:class:`hybrid.models.predict.Predictor`, from ``ModelFamily.predictor``); this module
+only runs them in Spark. Image models read ``pixels`` (an array of numbers); text classifiers read
+``text`` (a string; the model directory carries its tokenizer, and rules ``text_null`` and
 ``text_empty`` take the place of the pixel rules; each Python worker tokenises its rows, orders them
-by length and pads each batch to its own longest row):
+by length and pads each batch to its own longest row); span (question answering) models read
+``question`` and ``context`` (rules ``question_null``, ``question_empty``, ``context_null``,
+``context_empty``), cut each context into the model's overlapping windows in the worker, decode the
+n-best span over all windows of a row (:func:`hybrid.qa.postprocess`, as in training's evaluation) and
+add ``answer``, ``answer_start`` (character offset in the context) and ``score`` (start + end logit).
+The data flow, for an image model:
 
 1. **Driver, before any task.** The model directory is verified against its SHA-256 manifest and
    loaded once (a changed byte raises :class:`~hybrid.artifacts.ArtifactError` here, not in a task),
@@ -25,7 +32,7 @@ by length and pads each batch to its own longest row):
    std)``, the same IEEE operations as ``hybrid.ingest.normalize``) and scored ``batch_size`` rows
    at a time under ``torch.inference_mode``, with torch limited to the task's CPUs.
 
-Output columns: ``prediction`` (int, the arg-max class), ``prediction_label`` (its name from
+Output columns of a classifier: ``prediction`` (int, the arg-max class), ``prediction_label`` (its name from
 ``label_names``), ``probability`` (``array<float>``: the softmax over *all* classes, so a caller can
 take ``F.array_max`` for the confidence or read any class's probability) and ``error`` (the rule a
 bad row broke, else null). For a bad row the first three are null.
@@ -80,7 +87,7 @@ import time
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -91,9 +98,23 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from hybrid.artifacts import INT8_FILES, MANIFEST, ArtifactError, load_model, sha256_file
-from hybrid.errors import ConfigError, DataError
-from hybrid.ingest import LABEL, PIXELS, first_broken_rule
-from hybrid.ingest_text import text_rules
+from hybrid.errors import ConfigError, DataError, did_you_mean
+from hybrid.ingest import first_broken_rule
+from hybrid.ingest_text import BLANK
+from hybrid.models.predict import (
+    ERROR,
+    PIXEL_REASONS,
+    PREDICTION,
+    PREDICTION_LABEL,
+    PROBABILITY,
+    Predictor,
+    RowMetrics,
+    ScoreInput,
+    ScoreOutput,
+    normalize_pixels,
+    predict_proba,
+    predict_text_proba,
+)
 from hybrid.spark_workers import SCORING_MODULES, check_spark_workers
 
 if TYPE_CHECKING:
@@ -101,106 +122,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PIXEL_REASONS = ("pixels_null", "pixel_count", "pixel_null", "pixel_not_finite")
-"""The rules of :data:`hybrid.ingest.REASONS` that concern the pixels alone, in the order checked."""
-TEXT_REASONS = ("text_null", "text_empty")
+__all__ = [
+    "ERROR", "PIXEL_REASONS", "PREDICTION", "PREDICTION_LABEL", "PROBABILITY", "TEXT_REASONS", "ScoreResult",
+    "ShippedModel", "normalize_pixels", "pixel_reject_reason", "predict_proba", "predict_text_proba", "score",
+    "score_to_parquet", "score_udf", "ship_model", "text_reject_reason",
+]
+
+TEXT_REASONS = ScoreInput("text", "text").reasons
 """The rules of :data:`hybrid.ingest_text.TEXT_REASONS` that concern the text alone, in the order checked."""
-TEXT_COL = "text"
 
-# Fields of the struct a score column holds (see :func:`score_udf`).
-PREDICTION, PREDICTION_LABEL, PROBABILITY, ERROR = "prediction", "prediction_label", "probability", "error"
-_UDF_RESULT = T.StructType(
-    [
-        T.StructField(PREDICTION, T.IntegerType()),
-        T.StructField(PROBABILITY, T.ArrayType(T.FloatType(), containsNull=False)),
-        T.StructField(ERROR, T.StringType()),
-    ]
-)
+_SPARK_TYPES: dict[str, T.DataType] = {
+    "int": T.IntegerType(), "double": T.DoubleType(), "string": T.StringType(),
+    "floats": T.ArrayType(T.FloatType(), containsNull=False),
+}
 _STAGED_PREFIX = "hybrid-model-"
-
-
-# --------------------------------------------------------------------------------------------
-# The maths: pure functions on numpy arrays and a model (unit-testable without Spark).
-
-
-def normalize_pixels(pixels: np.ndarray, *, mean: float, std: float) -> np.ndarray:
-    """Standardise raw pixels exactly as :func:`hybrid.ingest.normalize` did for training.
-
-    Spark computes ``CAST((CAST(x AS DOUBLE) - mean) / std AS FLOAT)``; the same float64 operations
-    followed by a round-to-nearest cast give bit-identical float32 values.
-
-    Args:
-        pixels: ``(rows, num_pixels)`` of any real dtype.
-        mean: The training split's pixel mean (``model.json``'s ``normalizer.mean``).
-        std: The training split's pixel standard deviation.
-
-    Returns:
-        A new C-contiguous float32 array of the same shape (writable, safe for ``torch.from_numpy``).
-    """
-    return ((pixels.astype(np.float64) - mean) / std).astype(np.float32)
-
-
-def predict_proba(
-    model: Any, pixels: np.ndarray, *, mean: float, std: float, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Normalise raw pixels and run ``model`` on them ``batch_size`` rows at a time.
-
-    Args:
-        model: An ``nn.Module`` in eval mode mapping ``(batch, num_pixels)`` float32 to logits.
-        pixels: ``(rows, num_pixels)`` raw pixels.
-        mean: See :func:`normalize_pixels`.
-        std: See :func:`normalize_pixels`.
-        batch_size: Rows per forward pass.
-
-    Returns:
-        ``(prediction, probability)``: int32 ``(rows,)`` arg-max of the logits and float32
-        ``(rows, num_classes)`` softmax.
-    """
-    import torch
-
-    x = normalize_pixels(pixels, mean=mean, std=std)
-    predictions, probabilities = [], []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            logits = model(torch.from_numpy(x[start : start + batch_size]))  # (batch, num_classes)
-            predictions.append(logits.argmax(dim=1).to(torch.int32).numpy())
-            probabilities.append(torch.softmax(logits.float(), dim=1).numpy())
-    if not predictions:
-        return np.zeros(0, np.int32), np.zeros((0, 0), np.float32)
-    return np.concatenate(predictions), np.concatenate(probabilities)
-
-
-def predict_text_proba(
-    model: Any, collate: Callable[[dict[str, Any]], dict[str, Any]], tokenizer: Any, texts: list[str], *,
-    input_columns: tuple[str, ...], max_length: int, batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenise ``texts`` and run ``model`` on them ``batch_size`` rows at a time.
-
-    Rows are ordered by token count before batching (and put back afterwards), so each padded
-    batch holds rows of similar length: padding is computed for nothing.
-
-    Returns:
-        ``(prediction, probability)`` as in :func:`predict_proba`.
-    """
-    import torch
-
-    from hybrid.text import INPUT_IDS, tokenize
-
-    ids = tokenize(tokenizer, texts, max_length=max_length)
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    predictions = np.zeros(len(ids), np.int32)
-    probabilities: np.ndarray | None = None
-    with torch.inference_mode():
-        for start in range(0, len(ids), batch_size):
-            rows = order[start : start + batch_size]
-            batch = collate({INPUT_IDS: np.array([ids[i] for i in rows] + [None], dtype=object)[:-1]})
-            logits = model(*(batch[c] for c in input_columns)).float()  # (batch, num_classes)
-            proba = torch.softmax(logits, dim=1).numpy()
-            if probabilities is None:
-                probabilities = np.zeros((len(ids), proba.shape[1]), np.float32)
-            predictions[rows] = logits.argmax(dim=1).numpy()
-            probabilities[rows] = proba
-    return predictions, probabilities if probabilities is not None else np.zeros((0, 0), np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,16 +163,27 @@ def pixel_reject_reason(pixels: Column, *, num_pixels: int) -> Column:
     return first_broken_rule(rules)
 
 
-def text_reject_reason(text: Column) -> Column:
-    """The first text rule (see :data:`TEXT_REASONS`) a row breaks, or null."""
-    return first_broken_rule(text_rules(text))
+def text_reject_reason(text: Column, *, name: str = "text") -> Column:
+    """The first rule of a text column a row breaks (``<name>_null``, then ``<name>_empty``: nothing but white
+    space, Unicode spaces too, as :data:`hybrid.ingest_text.BLANK` says), or null; ``name="text"`` gives
+    :data:`TEXT_REASONS`, ingest's rules about the text alone."""
+    null, empty = ScoreInput(name, "text").reasons
+    return first_broken_rule([(null, text.isNull()), (empty, text.rlike(BLANK))])
 
 
-def _input_type(df: DataFrame, input_col: str) -> T.DataType:
+def input_reject_reason(spec: ScoreInput, column: Column) -> Column:
+    """The first of ``spec``'s rules (:attr:`~hybrid.models.predict.ScoreInput.reasons`) ``column`` breaks, or null."""
+    if spec.kind == "pixels":
+        return pixel_reject_reason(column, num_pixels=int(spec.length or 0))
+    return text_reject_reason(column, name=spec.name)
+
+
+def _input_type(df: DataFrame, input_col: str, *, reads: str = "") -> T.DataType:
     """The type of the column to score, or a :class:`DataError` naming it and the columns there are."""
     fields = {f.name: f.dataType for f in df.schema.fields}
     if input_col not in fields:
-        raise DataError(f"column '{input_col}' to score is required, but the columns are {sorted(fields)}")
+        hint = did_you_mean(input_col, fields)
+        raise DataError(f"column '{input_col}' to score is required{reads}, but the columns are {sorted(fields)}{hint}")
     return fields[input_col]
 
 
@@ -280,7 +226,7 @@ class ModelRef:
     manifest_sha256: str
     """SHA-256 of the ``manifest.json`` the driver verified; a worker refuses any other."""
     batch_size: int
-    """Rows per forward pass."""
+    """Rows per forward pass (a span model: windows)."""
 
 
 @dataclass(frozen=True)
@@ -289,30 +235,32 @@ class ShippedModel:
 
     ref: ModelRef
     source_dir: Path
-    """The directory the caller named."""
-    modality: Literal["images", "text"]
-    """What the model reads: pixels arrays or strings."""
-    num_pixels: int | None
-    """Images: values per input row (``in_channels * image_size**2``)."""
-    label_names: tuple[str, ...]
-    """Class names by index (``"0"``, ``"1"``... when the model has none)."""
-    normalizer: dict[str, float] | None
-    """Images: ``{"mean", "std"}`` from ``model.json``."""
+    family: str
+    """The model's family (``model.json``)."""
+    predictor: Predictor
+    """What its rows hold, the rules they are checked against, the columns added (from the family)."""
 
     @property
     def reasons(self) -> tuple[str, ...]:
-        """The rules a row to score is checked against."""
-        return TEXT_REASONS if self.modality == "text" else PIXEL_REASONS
+        """The rules a row to score is checked against, in order."""
+        return self.predictor.reasons
 
-    def reject_reason(self, column: Column) -> Column:
-        """The first rule ``column``'s value breaks, or null."""
-        if self.modality == "text":
-            return text_reject_reason(column)
-        return pixel_reject_reason(column, num_pixels=int(self.num_pixels or 0))
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model's input columns by their default names."""
+        return tuple(spec.name for spec in self.predictor.inputs)
 
-    def check_column(self, df: DataFrame, input_col: str) -> None:
-        """Fail on the driver unless ``input_col`` has the type this model reads."""
-        (check_text_column if self.modality == "text" else check_pixels_column)(df, input_col)
+    def reject_reason(self, columns: Sequence[Column]) -> Column:
+        """The first rule the values of ``columns`` (one per input, in order) break, or null."""
+        rules = [input_reject_reason(spec, col) for spec, col in zip(self.predictor.inputs, columns)]
+        return rules[0] if len(rules) == 1 else F.coalesce(*rules)
+
+    def check_columns(self, df: DataFrame, columns: Sequence[str]) -> None:
+        """Fail on the driver unless ``df`` has each input column (in order), of the type this model reads."""
+        reads = f" (a {self.family} model reads {', '.join(repr(n) for n in self.input_names)})"
+        for spec, name in zip(self.predictor.inputs, columns):
+            _input_type(df, name, reads=reads)
+            (check_pixels_column if spec.kind == "pixels" else check_text_column)(df, name)
 
 
 _STAGE_LOCK = threading.Lock()
@@ -351,59 +299,28 @@ def _stage(source: Path, manifest_sha256: str) -> Path:
     return target
 
 
-def _modality(meta: dict[str, Any], directory: Path) -> Literal["images", "text"]:
-    """What a row to score holds: the modality of the family recorded in ``model.json``.
+def _predictor(meta: dict[str, Any], directory: Path) -> Predictor:
+    """The scoring predictor the family recorded in ``model.json`` declares for this model.
 
     Raises:
-        ArtifactError: If the family's rows are neither images nor text (a span model: not scored yet).
+        ArtifactError: If the family declares none, or ``model.json`` lacks what it needs.
     """
     from hybrid.models import get_family
 
-    modality = get_family(meta["family"]).modality
-    if modality not in ("images", "text"):
+    family = get_family(meta["family"])
+    if family.predictor is None:
+        scorable = [name for name in _scorable_families()]
         raise ArtifactError(
-            f"{directory}: score() handles image and text classification models, but this one is family "
-            f"{meta['family']!r} (rows of modality {modality!r})"
+            f"{directory}: score() runs models whose family declares a scoring predictor ({scorable}), but this "
+            f"one is family {meta['family']!r}"
         )
-    return modality  # type: ignore[return-value]
+    return family.predictor(meta, directory)
 
 
-def _num_pixels(meta: dict[str, Any], directory: Path) -> int:
-    config = meta.get("config") or {}
-    if "image_size" not in config:
-        raise ArtifactError(
-            f"{directory}: model.json's config has no 'image_size'; score() handles image models "
-            f"(family 'cnn'), but this one is family {meta.get('family')!r}"
-        )
-    return int(config.get("in_channels", 1)) * int(config["image_size"]) ** 2
+def _scorable_families() -> list[str]:
+    from hybrid.models import get_family, list_models
 
-
-def _label_names(meta: dict[str, Any], directory: Path) -> tuple[str, ...]:
-    num_classes = (meta.get("config") or {}).get("num_classes")
-    names = tuple(str(n) for n in meta.get("label_names") or ())
-    if not names:
-        if num_classes is None:
-            raise ArtifactError(f"{directory}: model.json has neither 'label_names' nor config.num_classes")
-        return tuple(str(i) for i in range(int(num_classes)))
-    if num_classes is not None and len(names) != int(num_classes):
-        raise ArtifactError(
-            f"{directory}: model.json lists {len(names)} label_names but config.num_classes is {num_classes}"
-        )
-    return names
-
-
-def _normalizer(meta: dict[str, Any], directory: Path) -> dict[str, float]:
-    norm = meta.get("normalizer")
-    try:
-        mean, std = float(norm["mean"]), float(norm["std"])  # type: ignore[index]
-    except (TypeError, KeyError, ValueError):
-        raise ArtifactError(
-            f"{directory}: model.json must hold normalizer {{'mean': float, 'std': float}} (the training "
-            f"preprocessing), but has {norm!r}; save the model with normalizer=IngestResult.normalizer.to_dict()"
-        ) from None
-    if not std > 0 or not np.isfinite(mean):
-        raise ArtifactError(f"{directory}: normalizer must have a finite mean and std > 0, but got {norm!r}")
-    return {"mean": mean, "std": std}
+    return [name for name in list_models() if get_family(name).predictor is not None]
 
 
 def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 256) -> ShippedModel:
@@ -432,11 +349,8 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
     # Loading (not only hashing) here means that weights which do not fit the config also fail
     # on the driver, with the directory in the message, rather than inside every task.
     _, meta = load_model(source)
-    modality = _modality(meta, source)
-    label_names = _label_names(meta, source)
-    num_pixels = _num_pixels(meta, source) if modality == "images" else None
-    normalizer = _normalizer(meta, source) if modality == "images" else None
-    check_spark_workers(spark, modules=_worker_modules(source, modality))
+    predictor = _predictor(meta, source)
+    check_spark_workers(spark, modules=_worker_modules(source, predictor))
     manifest_sha256 = sha256_file(source / MANIFEST)
     staged = _stage(source, manifest_sha256)
     sc = spark.sparkContext
@@ -444,49 +358,20 @@ def ship_model(spark: SparkSession, model_dir: str | Path, *, batch_size: int = 
         sc.addArchive(str(staged))
     return ShippedModel(
         ref=ModelRef(name=staged.name, manifest_sha256=manifest_sha256, batch_size=batch_size),
-        source_dir=source,
-        modality=modality,
-        num_pixels=num_pixels,
-        label_names=label_names,
-        normalizer=normalizer,
+        source_dir=source, family=str(meta["family"]), predictor=predictor,
     )
 
 
-def _worker_modules(directory: Path, modality: Literal["images", "text"]) -> tuple[str, ...]:
+def _worker_modules(directory: Path, predictor: Predictor) -> tuple[str, ...]:
     """What a Python worker imports to score with the model in ``directory``."""
     extra = ("onnxruntime",) if (directory / INT8_FILES["onnxruntime"]).is_file() else ()
-    return SCORING_MODULES + extra + (("transformers",) if modality == "text" else ())
+    return SCORING_MODULES + extra + predictor.worker_modules
 
 
 @dataclass
 class _WorkerModel:
-    predict: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-    """``(valid rows' inputs, batch size) -> (prediction, probability)``."""
-
-
-def _predictor(model: Any, meta: dict[str, Any], directory: Path) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
-    if _modality(meta, directory) == "text":
-        from hybrid.artifacts import model_collate
-        from hybrid.models import get_family
-        from hybrid.models.bert import ENCODER_DIR
-        from hybrid.text import load_tokenizer
-
-        collate = model_collate(directory, meta)
-        columns = get_family(meta["family"]).input_columns
-        tokenizer = load_tokenizer(str(directory / ENCODER_DIR))
-        max_length = int(meta.get("max_seq_length") or meta["config"].get("max_length", 128))
-
-        def text(rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-            return predict_text_proba(model, collate, tokenizer, [str(t) for t in rows], input_columns=columns,
-                                      max_length=max_length, batch_size=batch_size)
-
-        return text
-    norm = _normalizer(meta, directory)
-
-    def images(rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        return predict_proba(model, np.stack(rows), mean=norm["mean"], std=norm["std"], batch_size=batch_size)
-
-    return images
+    predict: Callable[[Mapping[str, np.ndarray], int], dict[str, Any]]
+    """``(valid rows' inputs by name, batch size) -> outputs by name`` (see ``Predictor.load``)."""
 
 
 _WORKER_CACHE: OrderedDict[tuple[str, str], _WorkerModel] = OrderedDict()
@@ -517,7 +402,7 @@ def worker_model(ref: ModelRef) -> _WorkerModel:
                 f"{ref.manifest_sha256[:12]}; the model files did not reach this executor intact"
             )
         model, meta = load_model(directory)
-        loaded = _WorkerModel(predict=_predictor(model, meta, directory))
+        loaded = _WorkerModel(predict=_predictor(meta, directory).load(model))
         _WORKER_CACHE[key] = loaded
         while len(_WORKER_CACHE) > _WORKER_CACHE_SIZE:
             _WORKER_CACHE.popitem(last=False)
@@ -535,41 +420,65 @@ def _use_task_cpus() -> None:
         torch.set_num_threads(cpus)
 
 
-def score_batches(ref: ModelRef) -> Callable[[Iterator[tuple[pd.Series, pd.Series]]], Iterator[pd.DataFrame]]:
-    """The body of the scoring pandas UDF: ``(pixels or text, error)`` batches -> result frames.
+def _output_column(values: Sequence[Any], rows: np.ndarray, valid: np.ndarray, dtype: str) -> Any:
+    """One output column of a batch of ``len(valid)`` rows: ``values`` (one per row in ``rows``) placed at
+    those rows, null wherever ``valid`` is False."""
+    import pandas as pd
 
-    Only rows whose ``error`` is null are scored; the others pass through with a null prediction.
+    n = len(valid)
+    if dtype in ("int", "double"):
+        out = np.zeros(n, np.int32 if dtype == "int" else np.float64)
+        if len(rows):
+            out[rows] = np.asarray(values, dtype=out.dtype)
+        return (pd.arrays.IntegerArray if dtype == "int" else pd.arrays.FloatingArray)(out, ~valid)
+    cells: list[Any] = [None] * n
+    for i, value in zip(rows, values):
+        if valid[i]:
+            cells[i] = value
+    return pd.Series(cells, dtype=object)
+
+
+def score_batches(
+    ref: ModelRef, *, inputs: tuple[str, ...], outputs: tuple[ScoreOutput, ...]
+) -> Callable[[Iterator[tuple[pd.Series, ...]]], Iterator[pd.DataFrame]]:
+    """The body of the scoring pandas UDF: ``(one series per input, error)`` batches -> result frames.
+
+    Only rows whose ``error`` is null are predicted; the others pass through with null outputs. The
+    predict function may flag a row itself (``Predictor.late_reasons``): its outputs are then nulled too.
+
+    Args:
+        ref: The shipped model.
+        inputs: The predictor's input names, in the UDF's argument order.
+        outputs: The predictor's output columns.
     """
 
-    def run(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    def run(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
         _use_task_cpus()
         loaded = worker_model(ref)
-        for inputs, error in batches:
-            n = len(inputs)
-            ok = error.isna().to_numpy()
-            prediction = np.zeros(n, dtype=np.int32)
-            probability: list[np.ndarray | None] = [None] * n
+        for *columns, error in batches:
+            ok = error.isna().to_numpy().copy()  # writable: a row the predictor flags is not ok
+            errors = np.where(ok, None, error.to_numpy(dtype=object))  # None, not NaN, for "no error"
             rows = np.flatnonzero(ok)
+            found: dict[str, Any] = {}
             if len(rows):
-                pred, proba = loaded.predict(inputs.to_numpy()[rows], ref.batch_size)
-                prediction[rows] = pred
-                for i, row in zip(rows, proba):
-                    probability[i] = row
+                found = loaded.predict({name: col.to_numpy()[rows] for name, col in zip(inputs, columns)},
+                                       ref.batch_size)
+                for i, reason in zip(rows, found.get(ERROR) or ()):
+                    if reason is not None:
+                        errors[i], ok[i] = reason, False
             yield pd.DataFrame(
-                {
-                    PREDICTION: pd.arrays.IntegerArray(prediction, ~ok),
-                    PROBABILITY: pd.Series(probability, dtype=object),
-                    ERROR: np.where(ok, None, error.to_numpy(dtype=object)),  # None, not NaN, for "no error"
-                }
+                {out.name: _output_column(found.get(out.name, ()), rows, ok, out.dtype) for out in outputs}
+                | {ERROR: errors}
             )
 
     # pandas_udf infers the UDF kind from evaluated type hints; this module's are strings (and pandas
     # is imported lazily), so hand it the real objects.
     import pandas as pd
 
-    run.__annotations__ = {"batches": Iterator[tuple[pd.Series, pd.Series]], "return": Iterator[pd.DataFrame]}
+    arguments = tuple[(pd.Series,) * (len(inputs) + 1)]  # type: ignore[misc]
+    run.__annotations__ = {"batches": Iterator[arguments], "return": Iterator[pd.DataFrame]}
     return run
 
 
@@ -579,24 +488,27 @@ def score_batches(ref: ModelRef) -> Callable[[Iterator[tuple[pd.Series, pd.Serie
 
 def score_udf(
     spark: SparkSession, model_dir: str | Path, *, batch_size: int = 256
-) -> Callable[[Column | str], Column]:
-    """A reusable scoring function for Spark users: pixels column in, result struct column out.
+) -> Callable[..., Column]:
+    """A reusable scoring function for Spark users: the model's input columns in, a result struct column out.
 
     The model is verified and shipped once, here; the returned function can be applied to any
     number of DataFrames of that session::
 
         scorer = score_udf(spark, "runs/x/models/student")
         out = df.withColumn("s", scorer("pixels")).select("*", "s.*").drop("s")
+        qa = score_udf(spark, "runs/qa/student_int8")
+        out = df.withColumn("s", qa("question", "context")).select("*", "s.*").drop("s")
 
     Args:
         spark: The session whose executors will score.
         model_dir: A model directory written by :func:`hybrid.artifacts.save_model`.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass (a span model: windows).
 
     Returns:
-        A function from a pixels column (or its name) to a struct column with fields
-        ``prediction`` (int), ``prediction_label`` (string), ``probability`` (``array<float>``,
-        all classes) and ``error`` (string: the broken rule of :data:`PIXEL_REASONS`, else null).
+        A function from the model's input columns (or their names), one per input in the predictor's
+        order, to a struct column of the family's outputs and ``error`` (the broken rule, else null). A
+        classifier's: ``prediction`` (int), ``prediction_label`` (string), ``probability``
+        (``array<float>``, all classes); a span model's: ``answer``, ``answer_start``, ``score``.
 
     Raises:
         ConfigError: If ``batch_size < 1``.
@@ -605,26 +517,27 @@ def score_udf(
     return _scorer(ship_model(spark, model_dir, batch_size=batch_size))
 
 
-def _scorer(shipped: ShippedModel) -> Callable[[Column | str], Column]:
+def _scorer(shipped: ShippedModel) -> Callable[..., Column]:
+    predictor = shipped.predictor
+    result_type = T.StructType([T.StructField(out.name, _SPARK_TYPES[out.dtype]) for out in predictor.outputs]
+                               + [T.StructField(ERROR, T.StringType())])
+    body = score_batches(shipped.ref, inputs=shipped.input_names, outputs=predictor.outputs)
     with warnings.catch_warnings():
         # pyspark 3.5 checks the pandas/pyarrow versions with distutils' LooseVersion on every call
         warnings.filterwarnings("ignore", "distutils Version classes are deprecated", DeprecationWarning)
-        udf = F.pandas_udf(score_batches(shipped.ref), _UDF_RESULT)  # type: ignore[call-overload]
-    names = F.array(*(F.lit(n) for n in shipped.label_names))
+        udf = F.pandas_udf(body, result_type)  # type: ignore[call-overload]
 
-    def apply(pixels: Column | str) -> Column:
-        col = F.col(pixels) if isinstance(pixels, str) else pixels
-        error = shipped.reject_reason(col)
+    def apply(*inputs: Column | str) -> Column:
+        if len(inputs) != len(predictor.inputs):
+            raise ConfigError(
+                f"a {shipped.family} model scores {len(predictor.inputs)} column(s) {list(shipped.input_names)}, in "
+                f"that order, but got {len(inputs)}"
+            )
+        cols = [F.col(c) if isinstance(c, str) else c for c in inputs]
         # The rows that broke a rule travel too (a few bytes each) and are skipped in Python: a
         # `when(error IS NULL, pixels)` argument would evaluate the rules a second time.
-        result = udf(col, error)
-        prediction = result[PREDICTION]
-        return F.struct(
-            prediction.alias(PREDICTION),
-            F.element_at(names, prediction + 1).alias(PREDICTION_LABEL),
-            result[PROBABILITY].alias(PROBABILITY),
-            result[ERROR].alias(ERROR),
-        )
+        result = udf(*cols, shipped.reject_reason(cols))
+        return F.struct(*(result[out.name].alias(out.name) for out in predictor.outputs), result[ERROR].alias(ERROR))
 
     return apply
 
@@ -634,64 +547,87 @@ def score(
     model_dir: str | Path,
     *,
     input_col: str | None = None,
+    input_cols: Mapping[str, str] | None = None,
     batch_size: int = 256,
     prediction_col: str = PREDICTION,
     probability_col: str = PROBABILITY,
     error_col: str = ERROR,
 ) -> DataFrame:
-    """``df`` with the model's prediction, its label name, class probabilities and a row error added.
+    """``df`` with the model's outputs and a row error added (a classifier: prediction, its label name and the
+    class probabilities; a span model: answer, answer_start, score).
 
     Lazy: nothing runs until the caller acts on the result (typically ``.write.parquet``). Every
-    input row is kept; a row that breaks a pixel rule gets null prediction, label and probability,
-    and the rule's name in ``error_col``.
+    input row and column is kept; a row that breaks a rule gets null outputs and the rule's name in
+    ``error_col``.
 
     Args:
-        df: Any DataFrame with ``input_col`` (an array of numbers, raw pixels as ingest read them).
+        df: Any DataFrame with the model's input columns (raw pixels as ingest read them, a text, or a
+            question and its context).
         model_dir: A model directory written by :func:`hybrid.artifacts.save_model`.
-        input_col: The pixels (image model) or text (text model) column; default ``pixels`` or ``text``.
-        batch_size: Rows per forward pass.
-        prediction_col: Name of the int prediction column; ``<prediction_col>_label`` holds the name.
-        probability_col: Name of the ``array<float>`` column of class probabilities (softmax).
+        input_col: The column of a one-input model (image: default ``pixels``; text: ``text``).
+        input_cols: Columns by input name for any model, e.g. ``{"question": "q", "context": "passage"}``;
+            inputs not named keep their default column.
+        batch_size: Rows per forward pass (a span model: windows).
+        prediction_col: Name of a classifier's int prediction column; ``<prediction_col>_label`` holds the name.
+        probability_col: Name of a classifier's ``array<float>`` column of class probabilities (softmax).
         error_col: Name of the string column naming the broken rule (null for a scored row).
 
     Returns:
-        ``df``'s columns followed by the four new ones.
+        ``df``'s columns followed by the new ones.
 
     Raises:
-        DataError: If ``input_col`` is missing or not an array of numbers, or a new column name is taken.
+        ConfigError: If ``input_col`` is given for a model of several inputs, or ``input_cols`` names no input.
+        DataError: If an input column is missing or of another type, or a new column name is taken.
         ArtifactError: If the model directory is incomplete or was changed (checked on the driver).
     """
     shipped = ship_model(df.sparkSession, model_dir, batch_size=batch_size)
-    input_col = input_col or _default_input(shipped)
-    shipped.check_column(df, input_col)
-    _check_output_names(df, prediction_col, probability_col, error_col)
-    return _add_scores(df, shipped, input_col, prediction_col, probability_col, error_col)
+    columns = _input_columns(shipped, input_col, input_cols)
+    shipped.check_columns(df, columns)
+    names = _output_names(shipped.predictor, prediction_col, probability_col, error_col)
+    _check_output_names(df, names)
+    return _add_scores(df, shipped, columns, names)
 
 
-def _default_input(shipped: ShippedModel) -> str:
-    return TEXT_COL if shipped.modality == "text" else PIXELS
+def _input_columns(shipped: ShippedModel, input_col: str | None, input_cols: Mapping[str, str] | None) -> list[str]:
+    names = shipped.input_names
+    chosen = dict(input_cols or {})
+    if input_col is not None:
+        if len(names) != 1:
+            raise ConfigError(
+                f"input_col names the one column of a one-input model, but a {shipped.family} model reads "
+                f"{list(names)}: pass input_cols={{{', '.join(f'{n!r}: ...' for n in names)}}}"
+            )
+        chosen = {names[0]: input_col, **chosen}
+    for name in chosen:
+        if name not in names:
+            raise ConfigError(
+                f"input_cols keys must be the model's inputs {list(names)}, but got {name!r}{did_you_mean(name, names)}"
+            )
+    return [chosen.get(name, name) for name in names]
 
 
-def _check_output_names(df: DataFrame, prediction_col: str, probability_col: str, error_col: str) -> None:
-    new = [prediction_col, f"{prediction_col}_label", probability_col, error_col]
+def _output_names(predictor: Predictor, prediction_col: str, probability_col: str, error_col: str) -> dict[str, str]:
+    """Column name by output (and ``error``), a classifier's renamed by the ``score`` keywords."""
+    renamed = {PREDICTION: prediction_col, PREDICTION_LABEL: f"{prediction_col}_label", PROBABILITY: probability_col}
+    return {out.name: renamed.get(out.name, out.name) for out in predictor.outputs} | {ERROR: error_col}
+
+
+def _check_output_names(df: DataFrame, names: Mapping[str, str]) -> None:
+    new = list(names.values())
     if len(set(new)) != len(new):
         raise DataError(f"output column names must differ, but got {new}")
     taken = sorted(set(new) & set(df.columns))
     if taken:
         raise DataError(
             f"output columns {taken} already exist in the DataFrame; pass other names (prediction_col=, "
-            "probability_col=, error_col=)"
+            "probability_col=, error_col=) or rename those columns first"
         )
 
 
-def _add_scores(
-    df: DataFrame, shipped: ShippedModel, input_col: str, prediction_col: str, probability_col: str, error_col: str
-) -> DataFrame:
-    new = {prediction_col: PREDICTION, f"{prediction_col}_label": PREDICTION_LABEL,
-           probability_col: PROBABILITY, error_col: ERROR}
+def _add_scores(df: DataFrame, shipped: ShippedModel, columns: Sequence[str], names: Mapping[str, str]) -> DataFrame:
     tmp = "__hybrid_score"
-    out = df.withColumn(tmp, _scorer(shipped)(F.col(f"`{input_col}`")))
-    return out.withColumns({name: F.col(tmp)[fld] for name, fld in new.items()}).drop(tmp)
+    out = df.withColumn(tmp, _scorer(shipped)(*(F.col(f"`{c}`") for c in columns)))
+    return out.withColumns({name: F.col(tmp)[field] for field, name in names.items()}).drop(tmp)
 
 
 @dataclass
@@ -704,11 +640,19 @@ class ScoreResult:
     scored: int
     """Rows with a prediction."""
     rejected: dict[str, int]
-    """Rows per broken rule (:data:`PIXEL_REASONS` or :data:`TEXT_REASONS`); every rule is present, zero when clean."""
-    accuracy: float | None
-    """Share of scored rows with a non-null ``label`` whose prediction equals it (None without labels)."""
+    """Rows per broken rule (the predictor's reasons, e.g. :data:`PIXEL_REASONS`); every rule is present, zero
+    when clean."""
+    metrics: dict[str, float | None]
+    """The family's metrics against the table's gold column (a classifier: ``accuracy``, share of scored rows
+    with a non-null ``label`` whose prediction equals it; a span model: ``exact_match`` and ``f1`` over
+    scored rows with ``answers``), each None when the table has no such column."""
     duration_s: float
     """Reading, scoring and writing (the counting pass afterwards excluded)."""
+
+    @property
+    def accuracy(self) -> float | None:
+        """A classifier's accuracy against ``label`` (None without labels, or for other models)."""
+        return self.metrics.get("accuracy")
 
     @property
     def rows_per_s(self) -> float:
@@ -716,11 +660,11 @@ class ScoreResult:
         return self.rows / self.duration_s if self.duration_s > 0 else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        """The ``score`` block of ``summary.json``."""
+        """The ``score`` block of ``summary.json`` (each metric as ``<metric>_in_spark``)."""
         return {
             "rows": self.rows,
             "rows_per_s": self.rows_per_s,
-            "accuracy_in_spark": self.accuracy,
+            **{f"{name}_in_spark": value for name, value in self.metrics.items()},
             "scored": self.scored,
             "rejected": dict(self.rejected),
             "output_path": self.output_path,
@@ -734,6 +678,7 @@ def score_to_parquet(
     output_path: str | Path,
     *,
     input_col: str | None = None,
+    input_cols: Mapping[str, str] | None = None,
     batch_size: int = 256,
     mode: Literal["error", "overwrite"] = "error",
 ) -> ScoreResult:
@@ -741,15 +686,17 @@ def score_to_parquet(
 
     Args:
         spark: The session to run on (plain Spark or Spark on Ray).
-        input_path: Parquet table with ``input_col`` (and optionally ``label``, for accuracy).
+        input_path: Parquet table with the model's input columns (and optionally its gold column: ``label``
+            for a classifier's accuracy, ``answers`` (``array<string>``) for a span model's exact match and F1).
         model_dir: A model directory written by :func:`hybrid.artifacts.save_model`.
         output_path: Where the scored table goes.
-        input_col: The pixels (image model) or text (text model) column; default ``pixels`` or ``text``.
-        batch_size: Rows per forward pass.
+        input_col: See :func:`score`.
+        input_cols: See :func:`score`.
+        batch_size: Rows per forward pass (a span model: windows).
         mode: ``error`` refuses an existing ``output_path``; ``overwrite`` replaces it.
 
     Returns:
-        Counts and accuracy computed in Spark from the written table.
+        Counts and metrics computed in Spark from the written table.
 
     Raises:
         DataError: See :func:`score`.
@@ -761,31 +708,73 @@ def score_to_parquet(
     t0 = time.perf_counter()
     shipped = ship_model(spark, model_dir, batch_size=batch_size)  # before reading: a bad model runs no job
     df = spark.read.parquet(str(input_path))
-    input_col = input_col or _default_input(shipped)
-    shipped.check_column(df, input_col)
-    _check_output_names(df, PREDICTION, PROBABILITY, ERROR)
-    _add_scores(df, shipped, input_col, PREDICTION, PROBABILITY, ERROR).write.mode(mode).parquet(output_path)
+    columns = _input_columns(shipped, input_col, input_cols)
+    shipped.check_columns(df, columns)
+    names = _output_names(shipped.predictor, PREDICTION, PROBABILITY, ERROR)
+    _check_output_names(df, names)
+    _add_scores(df, shipped, columns, names).write.mode(mode).parquet(output_path)
     duration = time.perf_counter() - t0
 
     out = spark.read.parquet(output_path)
-    has_label = LABEL in out.columns and isinstance(out.schema[LABEL].dataType, T.NumericType)
-    hit = (F.col(PREDICTION) == F.col(LABEL).cast("long")).cast("int") if has_label else F.lit(None)
-    by_error = out.groupBy(ERROR).agg(
-        F.count(F.lit(1)).alias("n"), F.sum(hit).alias("hits"), F.count(hit).alias("labelled")
-    ).collect()
     rejected = dict.fromkeys(shipped.reasons, 0)
-    rows = scored = hits = labelled = 0
-    for row in by_error:
+    rows = scored = 0
+    for row in out.groupBy(ERROR).agg(F.count(F.lit(1)).alias("n")).collect():
         rows += row["n"]
         if row[ERROR] is None:
-            scored, hits, labelled = row["n"], row["hits"] or 0, row["labelled"]
+            scored = row["n"]
         else:
             rejected[row[ERROR]] = rejected.get(row[ERROR], 0) + row["n"]
     if sum(rejected.values()):
         broken = {k: v for k, v in rejected.items() if v}
-        log.warning("%d of %d rows could not be scored (null prediction, rule in '%s'): %s",
+        log.warning("%d of %d rows could not be scored (null outputs, rule in '%s'): %s",
                     rows - scored, rows, ERROR, broken)
-    accuracy = hits / labelled if has_label and labelled else None
-    return ScoreResult(
-        output_path=output_path, rows=rows, scored=scored, rejected=rejected, accuracy=accuracy, duration_s=duration
-    )
+    metrics = _metrics(out.filter(F.col(ERROR).isNull()), shipped.predictor.metrics)
+    return ScoreResult(output_path=output_path, rows=rows, scored=scored, rejected=rejected, metrics=metrics,
+                       duration_s=duration)
+
+
+def _metrics(scored: DataFrame, metrics: RowMetrics | None) -> dict[str, float | None]:
+    """Each metric's mean over the scored rows whose gold value is not null, computed in Spark (None: no gold)."""
+    if metrics is None:
+        return {}
+    empty: dict[str, float | None] = dict.fromkeys(metrics.names)
+    if metrics.reference not in scored.columns:
+        return empty
+    gold, predicted = F.col(f"`{metrics.reference}`"), F.col(f"`{metrics.prediction}`")
+    dtype = scored.schema[metrics.reference].dataType
+    if metrics.score is None:  # equality with an integer reference, in the JVM
+        if not isinstance(dtype, T.NumericType):
+            return empty
+        hit = (predicted == gold.cast("long")).cast("int")
+        row = scored.agg(F.sum(hit).alias("hits"), F.count(hit).alias("n")).collect()[0]
+        return {metrics.names[0]: (row["hits"] or 0) / row["n"] if row["n"] else None}
+    if not isinstance(dtype, T.ArrayType):
+        log.warning("column '%s' holds %s, not an array of gold values: no %s computed", metrics.reference,
+                    dtype.simpleString(), "/".join(metrics.names))
+        return empty
+    with warnings.catch_warnings():  # see _scorer
+        warnings.filterwarnings("ignore", "distutils Version classes are deprecated", DeprecationWarning)
+        per_row = F.pandas_udf(  # type: ignore[call-overload]
+            _row_metric_batches(metrics.score), T.StructType([T.StructField(n, T.DoubleType()) for n in metrics.names]))
+    values = per_row(predicted, gold)
+    row = scored.filter(gold.isNotNull()).agg(
+        F.count(F.lit(1)).alias("n"), *(F.avg(values[n]).alias(n) for n in metrics.names)).collect()[0]
+    return {n: float(row[n]) if row["n"] else None for n in metrics.names}
+
+
+def _row_metric_batches(
+    score_rows: Callable[[Sequence[Any], Sequence[Any]], dict[str, np.ndarray]],
+) -> Callable[[Iterator[tuple[pd.Series, pd.Series]]], Iterator[pd.DataFrame]]:
+    """The body of the pandas UDF computing each scored row's metrics (``RowMetrics.score``) from its prediction
+    and gold values."""
+    import pandas as pd
+
+    def run(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        for predicted, gold in batches:
+            golds = [list(g) if g is not None else [] for g in gold]
+            yield pd.DataFrame(score_rows(list(predicted), golds))
+
+    run.__annotations__ = {"batches": Iterator[tuple[pd.Series, pd.Series]], "return": Iterator[pd.DataFrame]}
+    return run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,46 @@ def runtime() -> Iterator[object]:
 def spark(runtime: object) -> object:
     """The session's SparkSession (Spark on Ray), restarted if a test stopped it."""
     return runtime.start_spark(app_name="hybrid-tests")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def local_spark() -> Iterator[object]:
+    """A plain local SparkSession (no Ray), one per module, stopped afterwards.
+
+    If another test module already started a session in this process (Spark on Ray through
+    RayDP), Spark allows only one per process, so that one is used and left running.
+    """
+    from pyspark.sql import SparkSession
+
+    from hybrid.runtime import JAVA_OPTIONS
+
+    if SparkSession.getActiveSession() is not None:
+        yield SparkSession.getActiveSession()
+        return
+    saved = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "SPARK_LOCAL_IP")}
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("hybrid-tests-local")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.extraJavaOptions", JAVA_OPTIONS)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        yield spark
+    finally:
+        spark.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

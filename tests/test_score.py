@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,46 +37,6 @@ BAD_ROWS: list[tuple[list[float | None] | None, str]] = [
     ([math.nan, None] + [0.5] * (NUM_PIXELS - 2), "pixel_null"),  # two rules broken: ingest's order decides
     ([0.5] * (NUM_PIXELS - 3), "pixel_count"),
 ]
-
-
-@pytest.fixture(scope="module")
-def local_spark() -> Iterator[object]:
-    """A plain local SparkSession (no Ray), one per module, stopped afterwards.
-
-    If another test module already started a session in this process (Spark on Ray through
-    RayDP), Spark allows only one per process, so that one is used and left running.
-    """
-    from pyspark.sql import SparkSession
-
-    from hybrid.runtime import JAVA_OPTIONS
-
-    if SparkSession.getActiveSession() is not None:
-        yield SparkSession.getActiveSession()
-        return
-    saved = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "SPARK_LOCAL_IP")}
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("hybrid-test-score")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.driver.extraJavaOptions", JAVA_OPTIONS)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    try:
-        yield spark
-    finally:
-        spark.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

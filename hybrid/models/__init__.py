@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hybrid.models import bert, cnn
+from hybrid.models import bert, cnn, predict
 from hybrid.models.bert import BertClassifier, BertConfig, BertSpanHead
 from hybrid.models.cnn import CNN, CNNConfig
 from hybrid.models.registry import (
@@ -17,7 +17,7 @@ from hybrid.models.registry import (
 
 register_model(
     "cnn", CNNConfig, CNN, input_columns=("pixels",), make_student=cnn.make_student,
-    data_fields=("num_classes", "image_size"),
+    data_fields=("num_classes", "image_size"), predictor=predict.image_predictor,
 )
 register_model(
     "bert",
@@ -32,6 +32,7 @@ register_model(
     padding_mask=bert.ATTENTION_MASK,
     make_student=bert.make_student,
     data_fields=("num_classes",),
+    predictor=predict.text_predictor,
 )
 register_model(
     "bert_qa",
@@ -46,10 +47,11 @@ register_model(
     path_fields=bert.PATH_FIELDS,
     padding_mask=bert.ATTENTION_MASK,
     make_student=bert.make_student,
-    stages=("tune", "distill", "quantize"),  # Spark scoring of span models is not implemented yet
+    stages=("tune", "distill", "quantize"),  # the pipeline's score stage does not compute span metrics yet
     check_config=bert.check_spans,
     teacher_outputs=bert.qa_teacher_outputs,
     student_inherits=("max_length", "doc_stride"),
+    predictor=predict.span_predictor,
 )
 
 __all__ = [

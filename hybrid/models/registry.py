@@ -17,6 +17,7 @@ from torch import nn
 
 from hybrid._dataclass_io import from_dict, show
 from hybrid.errors import ConfigError, did_you_mean
+from hybrid.models.predict import Predictor
 from hybrid.models.tasks import TASKS, TEACHER_LOGITS, Task
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {name: task.metrics for name, task in TASKS.items()}
@@ -26,6 +27,9 @@ ALL_STAGES: tuple[str, ...] = ("tune", "distill", "quantize", "score")
 """The pipeline's stages after ingest, in order."""
 
 TeacherOutputs = Callable[..., dict[str, np.ndarray]]
+MakePredictor = Callable[[Mapping[str, Any], Path], Predictor]
+"""``(model.json, model directory) -> Predictor``: how a Spark scorer runs a saved model of the family (see
+:mod:`hybrid.models.predict`); raises ``ArtifactError`` when ``model.json`` lacks what scoring needs."""
 """``(model, batch, *, columns, collate) -> columns``: a teacher's outputs for a numpy batch of dataset rows, as
 new columns of one entry per row (see :attr:`ModelFamily.teacher_outputs`)."""
 
@@ -108,6 +112,10 @@ class ModelFamily:
     columns of one entry per dataset row, which the family's collate turns into the batch's
     ``teacher_logits`` shaped like the model's output (a classifier: :func:`logits_per_row`; a span model,
     whose rows are examples of several windows: each example's windows, unpadded)."""
+    predictor: MakePredictor | None = None
+    """The scoring predictor of a saved model: its input columns and their bad-row rules, its output columns,
+    the function predicting a batch of rows and the metrics against a gold column (``None``: models of this
+    family cannot be scored in Spark)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -115,6 +123,8 @@ class ModelFamily:
         unknown = [s for s in self.stages if s not in ALL_STAGES]
         if unknown or "tune" not in self.stages:
             raise ValueError(f"stages must include 'tune' and be among {list(ALL_STAGES)}, but got {list(self.stages)}")
+        if "score" in self.stages and self.predictor is None:
+            raise ValueError(f"family {self.name!r} lists the score stage, so it needs a predictor")
         if "distill" in self.stages and self.make_student is None:
             raise ValueError(f"family {self.name!r} lists the distill stage, so it needs make_student")
         if not self.metrics:
@@ -154,6 +164,7 @@ def register_model(
     data_fields: tuple[str, ...] = (),
     teacher_outputs: TeacherOutputs = logits_per_row,
     student_inherits: tuple[str, ...] = (),
+    predictor: MakePredictor | None = None,
 ) -> None:
     """Register a model family under ``name`` (re-registering the same name replaces it); the keywords are
     :class:`ModelFamily`'s fields."""
@@ -162,7 +173,7 @@ def register_model(
         export_assets=export_assets, localize=localize, task=task, modality=modality, metrics=metrics,
         path_fields=path_fields, padding_mask=padding_mask, make_student=make_student, stages=stages,
         check_config=check_config, data_fields=data_fields, teacher_outputs=teacher_outputs,
-        student_inherits=student_inherits,
+        student_inherits=student_inherits, predictor=predictor,
     )
 
 
