@@ -44,9 +44,10 @@ def _score(args: argparse.Namespace) -> Any:
             mode="overwrite" if args.overwrite else "error",
         )
     rejected = sum(result.rejected.values())
-    accuracy = "" if result.accuracy is None else f"; accuracy {result.accuracy:.4f} (label column)"
+    found = {name.replace("_", " "): value for name, value in result.metrics.items() if value is not None}
+    metrics = "; " + ", ".join(f"{name} {value:.4f}" for name, value in found.items()) + " (gold column)" if found else ""
     print(f"[score] {result.rows} rows ({result.scored} scored, {rejected} rejected {result.rejected if rejected else ''}) "
-          f"-> {result.output_path} in {result.duration_s:.1f} s{accuracy}")
+          f"-> {result.output_path} in {result.duration_s:.1f} s{metrics}")
     return result
 
 

@@ -175,3 +175,37 @@ def test_qa_fixture_config_tunes_distils_and_quantizes_a_span_model_reporting_ex
     assert "score not run (not implemented yet for the bert_qa family)" in proc.stdout
     assert "score" not in summary and not (run / "scores.parquet").exists()
     assert "student_int8" in (run / "report.html").read_text()
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.skipif(not _TEXT_READY, reason="demo model missing: run scripts/setup.sh")
+def test_hybrid_score_takes_a_question_table_and_keeps_every_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from hybrid.artifacts import save_model
+    from hybrid.models import create_model, model_config
+
+    config = model_config("bert_qa", {"pretrained_dir": str(ROOT / "data" / "models" / "all-MiniLM-L6-v2"),
+                                      "num_layers": 1, "max_length": 64, "doc_stride": 16})
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "span", create_model("bert_qa", config=config).eval(), family="bert_qa",
+                       config=config)
+    context = "The ferry crossed the bay every morning from 1890 until the bridge opened in 1961, ending it."
+    table = pa.table({"id": ["a", "b", "c"], "question": ["When did the bridge open?", "  ", "Who ran it?"],
+                      "context": [context, context, None], "answers": [["1961"], ["1961"], ["nobody"]],
+                      "source": ["x", "y", "z"]})
+    pq.write_table(table, tmp_path / "questions.parquet")
+    proc = run_cli("score", str(QA), "--model", str(model), "--input", str(tmp_path / "questions.parquet"),
+                   "--output", str(tmp_path / "scored"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 rows (1 scored, 2 rejected" in proc.stdout and "exact match" in proc.stdout, proc.stdout
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "scored").to_pylist()}
+    assert set(rows["a"]) == {"id", "question", "context", "answers", "source", "answer", "answer_start", "score",
+                              "error"}
+    assert rows["a"]["error"] is None and rows["a"]["answer"] in context
+    assert (rows["b"]["error"], rows["c"]["error"]) == ("question_empty", "context_null")
+    assert rows["b"]["answer"] is None and rows["c"]["source"] == "z"
