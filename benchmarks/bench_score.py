@@ -184,10 +184,10 @@ def via_predict_batch_udf(df: DataFrame, model_dir: Path, shipped: ShippedModel,
         return_type=T.StructType([T.StructField("prediction", T.IntegerType()),
                                   T.StructField("probability", T.ArrayType(T.FloatType()))]),
         batch_size=batch_size,
-        input_tensor_shapes=[[shipped.num_pixels]],
+        input_tensor_shapes=[[shipped.predictor.inputs[0].length]],
     )
-    error = pixel_reject_reason(F.col("pixels"), num_pixels=shipped.num_pixels)
-    zeros = F.array_repeat(F.lit(0).cast("smallint"), shipped.num_pixels)
+    error = pixel_reject_reason(F.col("pixels"), num_pixels=shipped.predictor.inputs[0].length)
+    zeros = F.array_repeat(F.lit(0).cast("smallint"), shipped.predictor.inputs[0].length)
     out = df.withColumn("error", error).withColumn(
         "_r", udf(F.when(F.col("error").isNull(), F.col("pixels")).otherwise(zeros))
     )
@@ -207,7 +207,7 @@ def via_map_in_pandas(df: DataFrame, model_dir: Path, shipped: ShippedModel, bat
     from hybrid.score import pixel_reject_reason
 
     ref = shipped.ref
-    with_error = df.withColumn("error", pixel_reject_reason(F.col("pixels"), num_pixels=shipped.num_pixels))
+    with_error = df.withColumn("error", pixel_reject_reason(F.col("pixels"), num_pixels=shipped.predictor.inputs[0].length))
     schema = T.StructType([*with_error.schema.fields, T.StructField("prediction", T.IntegerType()),
                            T.StructField("probability", T.ArrayType(T.FloatType()))])
 
@@ -256,7 +256,7 @@ def via_row_udf(df: DataFrame, model_dir: Path, shipped: ShippedModel, batch_siz
         return int(pred[0]), proba[0].tolist()
 
     udf = F.udf(one, result, useArrow=False)
-    error = pixel_reject_reason(F.col("pixels"), num_pixels=shipped.num_pixels)
+    error = pixel_reject_reason(F.col("pixels"), num_pixels=shipped.predictor.inputs[0].length)
     out = df.withColumn("error", error).withColumn("_r", udf("pixels", "error"))
     return out.select("*", F.col("_r.prediction").alias("prediction"),
                       F.col("_r.probability").alias("probability")).drop("_r")
@@ -268,7 +268,7 @@ def via_validate_only(df: DataFrame, model_dir: Path, shipped: ShippedModel, bat
 
     from hybrid.score import pixel_reject_reason
 
-    error = pixel_reject_reason(F.col("pixels"), num_pixels=shipped.num_pixels)
+    error = pixel_reject_reason(F.col("pixels"), num_pixels=shipped.predictor.inputs[0].length)
     return df.withColumn("error", error).withColumn("prediction", F.lit(None).cast("int"))
 
 

@@ -188,6 +188,56 @@ def test_a_student_learns_from_its_teacher_outputs_through_the_family_collate(na
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
 
+# name -> (rows to score, as a Spark table would hand them over, by the predictor's input names; the metadata the
+# pipeline saves with such a model besides its config)
+SCORE_ROWS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "cnn": (lambda: {"pixels": np.array(list(toy_images(3, image_size=8, num_classes=3)[0]) + [None], dtype=object)[:-1]},
+            {"normalizer": {"mean": 0.5, "std": 0.25}}),
+    "bert": (lambda: {"text": np.array(["a fine film", "dull", "the plot never moves"], dtype=object)}, {}),
+    "bert_qa": (lambda: {"question": np.array(["When does it open?", "What bread?"], dtype=object),
+                         "context": np.array(["It opens at seven.", "They sell rye bread, cakes and coffee."],
+                                             dtype=object)}, {}),
+}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_scoring_predictor_declares_its_columns_and_predicts_one_entry_per_row(name: str, teacher: Any) -> None:
+    """What a Spark scorer asks of a family: input and output columns that do not collide, rules named once,
+    and a predict function giving every output for every valid row (the scorer knows nothing else)."""
+    from hybrid.artifacts import update_metadata
+    from hybrid.models.predict import ERROR
+
+    family = get_family(name)
+    if family.predictor is None:
+        assert "score" not in family.stages
+        return
+    if name not in SCORE_ROWS:
+        pytest.fail(f"family {name!r} has a predictor but no rows in SCORE_ROWS: add some")
+    make_rows, extra = SCORE_ROWS[name]
+    directory, _ = teacher(name)
+    scored_dir = directory.parent / f"{name}-scored"
+    if not scored_dir.exists():
+        import shutil
+
+        shutil.copytree(directory, scored_dir)
+        if extra:
+            update_metadata(scored_dir, **extra)
+    model, meta = load_model(scored_dir)
+    predictor = family.predictor(meta, scored_dir)
+    inputs = [spec.name for spec in predictor.inputs]
+    outputs = [out.name for out in predictor.outputs]
+    assert len(set(inputs + outputs + [ERROR])) == len(inputs) + len(outputs) + 1
+    assert len(set(predictor.reasons)) == len(predictor.reasons)
+    assert {out.dtype for out in predictor.outputs} <= {"int", "double", "string", "floats"}
+    rows = make_rows()
+    assert set(rows) == set(inputs)
+    found = predictor.load(model)(rows, 2)
+    n = len(rows[inputs[0]])
+    for column in outputs:
+        assert len(found[column]) == n, column
+    assert all(reason is None or reason in predictor.late_reasons for reason in found.get(ERROR) or [None] * n)
+
+
 FAMILY_GUESSES = (
     re.compile(r"""["']pretrained_dir["']\s+(not\s+)?in\b"""),
     re.compile(r"""[!=]=\s*["']spans["']|["']spans["']\s*[!=]="""),
