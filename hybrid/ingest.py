@@ -32,7 +32,8 @@ PIXELS, LABEL, REASON, TABLE = "pixels", "label", "reason", "table"
 QUARANTINE_TABLE = "quarantine.parquet"
 """Rejected rows of every table, with their ``reason`` and ``table``, under the run directory."""
 TEST_TABLE = "test.parquet"
-"""Text runs: the held-out test split (``text``, ``label``), under ``<run_dir>/data/``."""
+"""Text and QA runs: the held-out test split as the scorer reads it (``text``, ``label``; ``id``, ``question``,
+``context``, ``answers``), under ``<run_dir>/data/``."""
 REASONS = (
     "label_null",
     "label_not_integer",

@@ -23,6 +23,7 @@ from hybrid.errors import ConfigError, DataError
 from hybrid.ingest import (
     LABEL,
     QUARANTINE_TABLE,
+    TEST_TABLE,
     IngestResult,
     check_accounted,
     check_split_counts,
@@ -34,6 +35,10 @@ from hybrid.qa import REJECT_REASONS, QAExample, examples_from_columns, read_squ
 from hybrid.sources.tables import read_user_table, write_parquet
 
 log = logging.getLogger(__name__)
+
+TEST_COLUMNS = ("id", "question", "context", "answers")
+"""What ``<run_dir>/data/test.parquet`` keeps of the test split: a span model's inputs and gold answers (not
+``answer_start``, the name of one of the scorer's outputs)."""
 
 _SCHEMA = pa.schema(
     [
@@ -137,6 +142,8 @@ def ingest_qa(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> Inge
     # By article (SQuAD title, else context), never by question: an article's questions share its text.
     splits = split_three(frames, config, content="context", group="group")
     checked = check_split_counts(splits, config=config, quarantined=quarantined, label_names=())
+    # The held-out questions with their gold answers, for scoring in Spark later (the scorer windows for itself).
+    splits["test"].select(*TEST_COLUMNS).write.mode("overwrite").parquet(str((data_dir / TEST_TABLE).resolve()))
     datasets = hand_off({name: df.drop(LABEL) for name, df in splits.items()}, counts=checked.counts, config=config,
                         run_dir=run_dir)
     durations["to_ray"] = time.perf_counter() - t0

@@ -411,7 +411,7 @@ def _stage_score(ctx: _Run) -> dict[str, Any]:
     config = ctx.config
     name, model_dir = shipped_model(ctx.run_dir, config, ctx.results)
 
-    if config.data.modality == "text":
+    if config.data.modality in ("text", "qa"):
         source = ctx.run_dir / "data" / TEST_TABLE
     elif config.data.source == "fashion_mnist":
         source = ctx.run_dir / "data" / "fashion_mnist_test.parquet"
@@ -421,10 +421,17 @@ def _stage_score(ctx: _Run) -> dict[str, Any]:
     result = score_to_parquet(ctx.spark(), source.resolve(), model_dir.resolve(), output.resolve(),
                               batch_size=config.score.batch_size, mode="overwrite")
     stage = {"tune": "tune", "student": "distill", "student_int8": "quantize"}.get(name, "tune")
-    in_process = ctx.results.get(stage, {}).get("models", {}).get(name, {}).get("test", {}).get("accuracy")
-    ctx.echo(f"[score] {result.rows} rows scored in Spark with {name} at {result.rows_per_s:.0f} rows/s; accuracy "
-             f"computed in Spark from {output.name}: {result.accuracy:.4f} (in-process: {in_process:.4f})")
-    return {"score": {"model": name, **result.summary(), "accuracy_in_process": in_process}}
+    test = ctx.results.get(stage, {}).get("models", {}).get(name, {}).get("test", {})
+    in_process = {metric: test.get(metric) for metric in result.metrics}
+    figures = "; ".join(f"{metric.replace('_', ' ')} computed in Spark from {output.name}: {_fmt4(value)} "
+                        f"(in-process: {_fmt4(in_process[metric])})" for metric, value in result.metrics.items())
+    ctx.echo(f"[score] {result.rows} rows scored in Spark with {name} at {result.rows_per_s:.0f} rows/s; {figures}")
+    return {"score": {"model": name, **result.summary(),
+                      **{f"{metric}_in_process": value for metric, value in in_process.items()}}}
+
+
+def _fmt4(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 _STAGE_FUNCS: dict[str, Callable[[_Run], dict[str, Any]]] = {
@@ -485,8 +492,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{t['macro_f1']:>8.4f} {block.get('size_bytes', 0):>10} {block.get('latency_ms_per_sample', 0):>10.4f}")
     if "score" in summary:
         s = summary["score"]
-        lines.append(f"score: {s['rows']} rows in Spark with {s['model']}, {s['rows_per_s']:.0f} rows/s, "
-                     f"accuracy in Spark {s['accuracy_in_spark']:.4f}")
+        figures = ", ".join(f"{key.removesuffix('_in_spark').replace('_', ' ')} in Spark {_fmt4(value)}"
+                            for key, value in s.items() if key.endswith("_in_spark"))
+        lines.append(f"score: {s['rows']} rows in Spark with {s['model']}, {s['rows_per_s']:.0f} rows/s, {figures}")
     lines.append(f"peak RSS {summary['peak_rss_bytes'] / 2**30:.1f} GiB; total {summary['durations_s']['total']:.0f} s")
     return "\n".join(lines)
 

@@ -309,10 +309,9 @@ def _predictor(meta: dict[str, Any], directory: Path) -> Predictor:
 
     family = get_family(meta["family"])
     if family.predictor is None:
-        scorable = [name for name in _scorable_families()]
         raise ArtifactError(
-            f"{directory}: score() runs models whose family declares a scoring predictor ({scorable}), but this "
-            f"one is family {meta['family']!r}"
+            f"{directory}: score() runs models whose family declares a scoring predictor ({_scorable_families()}), "
+            f"but this one is family {meta['family']!r}"
         )
     return family.predictor(meta, directory)
 

@@ -47,7 +47,6 @@ register_model(
     path_fields=bert.PATH_FIELDS,
     padding_mask=bert.ATTENTION_MASK,
     make_student=bert.make_student,
-    stages=("tune", "distill", "quantize"),  # the pipeline's score stage does not compute span metrics yet
     check_config=bert.check_spans,
     teacher_outputs=bert.qa_teacher_outputs,
     student_inherits=("max_length", "doc_stride"),
