@@ -608,6 +608,13 @@ def _input_columns(shipped: ShippedModel, input_col: str | None, input_cols: Map
 def _output_names(predictor: Predictor, prediction_col: str, probability_col: str, error_col: str) -> dict[str, str]:
     """Column name by output (and ``error``), a classifier's renamed by the ``score`` keywords."""
     renamed = {PREDICTION: prediction_col, PREDICTION_LABEL: f"{prediction_col}_label", PROBABILITY: probability_col}
+    produced = {out.name for out in predictor.outputs}
+    ignored = [f"{key}={value!r}" for key, value, output in (("prediction_col", prediction_col, PREDICTION),
+                                                             ("probability_col", probability_col, PROBABILITY))
+               if value != output and output not in produced]
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)} rename a classifier's output, but this model adds "
+                          f"{sorted(produced)}; rename those columns afterwards")
     return {out.name: renamed.get(out.name, out.name) for out in predictor.outputs} | {ERROR: error_col}
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hybrid.artifacts import load_model, save_model
-from hybrid.errors import DataError
+from hybrid.errors import ConfigError, DataError
 from hybrid.models import create_model, model_config
 from hybrid.qa import featurize, postprocess, squad_scores
 from hybrid.testing import minilm_dir
@@ -156,6 +156,10 @@ def test_a_classifier_and_a_span_model_each_refuse_the_others_table(local_spark,
     wrong_type = local_spark.createDataFrame([("1", 7, "Ann baked.")], "id string, question int, context string")
     with pytest.raises(DataError, match=r"'question' must hold strings .* but has type int"):
         score(wrong_type, span_model[0])
+    with pytest.raises(ConfigError, match=r"prediction_col='p' rename a classifier's output"):
+        score(qa_table, span_model[0], prediction_col="p")
+    with pytest.raises(ConfigError, match=r"input_col names the one column of a one-input model"):
+        score(qa_table, span_model[0], input_col="question")
     renamed = qa_table.withColumnRenamed("context", "passage")
     out = score(renamed, span_model[0], input_cols={"context": "passage"}).collect()
     assert out[0]["error"] is None and out[0]["answer"] in "Ann baked."
