@@ -112,6 +112,10 @@ _TEXT_READY = (ROOT / "data" / "models" / "all-MiniLM-L6-v2" / "config.json").is
 @pytest.mark.spark
 @pytest.mark.ray
 @pytest.mark.slow
+# The same BERT chain (tokenizer, tune, a student from the teacher's layers, ONNX int8, Spark scoring) runs in
+# the default tier through the QA config below; text ingest, scoring and int8 of a BERT classifier are covered
+# there by tests/test_text_ray.py.
+@pytest.mark.full
 @pytest.mark.skipif(not _TEXT_READY, reason="demo data or model missing: run scripts/setup.sh")
 def test_sentiment_config_runs_every_stage_on_a_slice_with_a_2_layer_teacher(tmp_path):
     args = [
