@@ -76,27 +76,24 @@ def write_table(df: DataFrame, dest: Path, *, rows: int, min_blocks: int) -> lis
     return parquet_files(dest)
 
 
-def read_table(files: list[str], *, now: bool = False) -> ray.data.Dataset:
-    """``files`` as one Ray dataset, blocks in file order.
+def read_table(files: list[str]) -> ray.data.Dataset:
+    """``files`` as one Ray dataset, blocks in file order; lazy: nothing is read until it is consumed.
 
-    Args:
-        files: The Parquet files, in row order.
-        now: Whether the caller reads the dataset at once (a CPU is free beside Spark's executors). Then Ray
-            Data's V1 Parquet reader plans the read: Ray 2.60's default (V2) plans a file-listing operator
-            before the reads, and beside Spark's executor on 2 CPUs each split's read waited on Ray Data's
-            resource budget (three splits of a 600/200-row slice: 36 s with V2, 4.6 s with V1, same session).
-            But V1 samples the files with CPU tasks as soon as the dataset is made, so otherwise (``now`` false)
-            the dataset is V2's and plans nothing until it is consumed: Spark's executors (Ray actors) may hold
-            every CPU of the cluster until Spark is stopped, and a read before that would wait forever (seen on
-            a cluster of 1-CPU nodes, for the V1 sampling tasks too). Callers then materialise once Spark has
-            let go (see :func:`materialize`).
+    Lazy on purpose: Ray Data's file listing and read tasks ask for a CPU each, and Spark's executors (Ray
+    actors) may hold every CPU of the cluster until Spark is stopped; read before that, the read would wait
+    forever (seen on a cluster of 1-CPU nodes). Callers materialise once Spark has let go (see
+    :func:`materialize`).
     """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     previous = ctx.execution_options.preserve_order, ctx.use_datasource_v2
     ctx.execution_options.preserve_order = True  # the dataset keeps a copy of the context made here
-    ctx.use_datasource_v2 = not now
+    # Ray 2.60's default Parquet reader (datasource V2) plans a ListFiles operator before the reads: one more
+    # task and operator per split, held back by Ray Data's resource budget beside Spark's executors. We hand
+    # it the exact file list, so listing buys nothing; measured on 2 CPUs with one executor (a 600/200-row
+    # Fashion-MNIST slice, three splits): materialising took 36 s with V2 and 4.6 s with V1.
+    ctx.use_datasource_v2 = False
     try:
         return ray.data.read_parquet(files, partitioning=None, override_num_blocks=len(files))
     finally:
@@ -118,9 +115,7 @@ def materialize(datasets: dict[str, ray.data.Dataset]) -> dict[str, ray.data.Dat
     return {name: ds if isinstance(ds, MaterializedDataset) else ds.materialize() for name, ds in datasets.items()}
 
 
-def spark_to_ray(
-    df: DataFrame, dest: Path, *, rows: int, min_blocks: int = 1, now: bool = False
-) -> tuple[ray.data.Dataset, int]:
+def spark_to_ray(df: DataFrame, dest: Path, *, rows: int, min_blocks: int = 1) -> tuple[ray.data.Dataset, int]:
     """Hand ``df`` to Ray: Spark writes it as Parquet to ``dest``; returns a lazy Ray dataset over the files
     and the rows Spark wrote.
 
@@ -129,11 +124,10 @@ def spark_to_ray(
         dest: Directory for the table (replaced atomically); normally ``<run_dir>/data/handoff/<split>``.
         rows: Rows of ``df`` (counted beforehand): with ``min_blocks`` it sets the rows per file.
         min_blocks: At least this many files (one block per file).
-        now: The caller reads the dataset at once (see :func:`read_table`).
 
     Returns:
         The dataset (lazy, see :func:`read_table`: independent of Spark, which may be stopped before it is
         read) and the rows in its files.
     """
     files = write_table(df, dest, rows=rows, min_blocks=min_blocks)
-    return read_table(files, now=now), parquet_rows(files)
+    return read_table(files), parquet_rows(files)

@@ -216,18 +216,16 @@ def normalize(df: DataFrame, norm: Normalizer) -> DataFrame:
     )
 
 
-def to_ray(
-    df: DataFrame, *, dest: Path, rows: int, num_blocks: int, now: bool = False
-) -> tuple[ray.data.Dataset, int]:
+def to_ray(df: DataFrame, *, dest: Path, rows: int, num_blocks: int) -> tuple[ray.data.Dataset, int]:
     """Hand ``df`` to Ray (see :mod:`hybrid.handoff`): Spark writes Parquet to ``dest`` in at least
     ``num_blocks`` files; returns a lazy Ray dataset over them (Spark's row order) and the rows written.
 
     Nothing is read into Ray yet: Spark may hold every CPU until it is stopped; :func:`hybrid.handoff.materialize`
-    reads the datasets afterwards. ``now``: the caller reads them at once (a CPU is free beside Spark).
+    reads the datasets afterwards.
     """
     from hybrid.handoff import spark_to_ray
 
-    return spark_to_ray(df, dest, rows=rows, min_blocks=num_blocks, now=now)
+    return spark_to_ray(df, dest, rows=rows, min_blocks=num_blocks)
 
 
 def quarantine(
@@ -400,14 +398,13 @@ def hand_off(
     from hybrid.handoff import HANDOFF_DIR, materialize
 
     base = (run_dir / "data" / HANDOFF_DIR).resolve()
-    now = cpu_free_beside_spark()
-    handed = {name: to_ray(df, dest=base / name, rows=counts[name], num_blocks=config.blocks_per_split, now=now)
+    handed = {name: to_ray(df, dest=base / name, rows=counts[name], num_blocks=config.blocks_per_split)
               for name, df in splits.items()}
     received = {name: rows for name, (_, rows) in handed.items()}
     if received != counts:
         raise RuntimeError(f"bug: Spark counted {counts} rows per split, but wrote {received} for Ray")
     datasets = {name: ds for name, (ds, _) in handed.items()}
-    return materialize(datasets) if now else datasets
+    return materialize(datasets) if cpu_free_beside_spark() else datasets
 
 
 def cpu_free_beside_spark() -> bool:
