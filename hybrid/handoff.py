@@ -87,17 +87,12 @@ def read_table(files: list[str]) -> ray.data.Dataset:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    previous = ctx.execution_options.preserve_order, ctx.use_datasource_v2
+    previous = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # the dataset keeps a copy of the context made here
-    # Ray 2.60's default Parquet reader (datasource V2) plans a ListFiles operator before the reads: one more
-    # task and operator per split, held back by Ray Data's resource budget beside Spark's executors. We hand
-    # it the exact file list, so listing buys nothing; measured on 2 CPUs with one executor (a 600/200-row
-    # Fashion-MNIST slice, three splits): materialising took 36 s with V2 and 4.6 s with V1.
-    ctx.use_datasource_v2 = False
     try:
         return ray.data.read_parquet(files, partitioning=None, override_num_blocks=len(files))
     finally:
-        ctx.execution_options.preserve_order, ctx.use_datasource_v2 = previous
+        ctx.execution_options.preserve_order = previous
 
 
 def parquet_rows(files: list[str]) -> int:
