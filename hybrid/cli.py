@@ -92,13 +92,72 @@ def _check_score_paths(input_path: str, model_dir: str, output_path: str, *, ove
             raise ConfigError(f"--output: {output_path!r} must not be a model directory, but it is one")
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
+def _runs(args: argparse.Namespace) -> Any:
+    from hybrid.runs import find_runs, format_runs
+
+    runs = find_runs(args.runs_dir)
+    print(format_runs(runs, args.runs_dir))
+    return runs
+
+
+def _show(args: argparse.Namespace) -> Any:
+    from hybrid.runs import format_run, read_run, resolve_run
+
+    run = read_run(resolve_run(args.run, args.runs_dir))
+    print(format_run(run))
+    return run
+
+
+def _config_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("config", help="run config YAML (see configs/)")
+    cmd.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set tune.num_samples=4 (repeatable)",
+    )
+
+
+def _stage_arguments(cmd: argparse.ArgumentParser) -> None:
+    _config_arguments(cmd)
+    cmd.add_argument("--restart", action="store_true", help="redo the stages even if their results are current (a fresh search, not a resumed one)")
+
+
+def _score_arguments(cmd: argparse.ArgumentParser) -> None:
+    _config_arguments(cmd)
+    cmd.add_argument("--model", required=True, help="model directory (teacher/, student/, student_int8/)")
+    cmd.add_argument("--input", required=True, help="Parquet table with a pixels column")
+    cmd.add_argument("--output", required=True,
+                     help="where to write the scored Parquet table (must not exist unless --overwrite)")
+    cmd.add_argument("--overwrite", action="store_true", help="replace --output if it already exists")
+
+
+def _runs_dir_argument(cmd: argparse.ArgumentParser) -> None:
+    from hybrid.rundir import DEFAULT_RUNS_DIR
+
+    cmd.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR",
+                     help=f"the runs directory (a config's runs_dir; default: {DEFAULT_RUNS_DIR})")
+
+
+def _show_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("run", metavar="RUN", help="a run name inside the runs directory, or a path to a run directory")
+    _runs_dir_argument(cmd)
+
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str, Arguments]] = {
     "run": (_stages("tune", "distill", "quantize", "score"),
-            "the whole chain: ingest, tune, distill, quantize, score in Spark, report (resumes a stopped run)"),
-    "tune": (_stages("tune"), "ingest a Spark DataFrame, tune a model with Ray Tune (Optuna + ASHA), evaluate the best"),
-    "distill": (_stages("distill"), "distill the run's teacher into a smaller student (needs a tuned run)"),
-    "quantize": (_stages("quantize"), "quantize the run's student to int8, gated on accuracy (needs a distilled run)"),
-    "score": (_score, "score a Parquet table in Spark with a model directory and write Parquet"),
+            "the whole chain: ingest, tune, distill, quantize, score in Spark, report (resumes a stopped run)",
+            _stage_arguments),
+    "tune": (_stages("tune"), "ingest a Spark DataFrame, tune a model with Ray Tune (Optuna + ASHA), evaluate the best",
+             _stage_arguments),
+    "distill": (_stages("distill"), "distill the run's teacher into a smaller student (needs a tuned run)",
+                _stage_arguments),
+    "quantize": (_stages("quantize"), "quantize the run's student to int8, gated on accuracy (needs a distilled run)",
+                 _stage_arguments),
+    "score": (_score, "score a Parquet table in Spark with a model directory and write Parquet", _score_arguments),
+    "runs": (_runs, "list the runs in a runs directory, newest first (reads files only: starts nothing)",
+             _runs_dir_argument),
+    "show": (_show, "print one run's state, data, search, models and stage times (reads files only)",
+             _show_arguments),
 }
 
 
@@ -115,21 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid", description="Spark DataFrames in, tuned and compressed models out.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("config", help="run config YAML (see configs/)")
-        cmd.add_argument(
-            "--set", action="append", default=[], metavar="KEY=VALUE",
-            help="override a config value, e.g. --set tune.num_samples=4 (repeatable)",
-        )
-        if name == "score":
-            cmd.add_argument("--model", required=True, help="model directory (teacher/, student/, student_int8/)")
-            cmd.add_argument("--input", required=True, help="Parquet table with a pixels column")
-            cmd.add_argument("--output", required=True,
-                             help="where to write the scored Parquet table (must not exist unless --overwrite)")
-            cmd.add_argument("--overwrite", action="store_true", help="replace --output if it already exists")
-        else:
-            cmd.add_argument("--restart", action="store_true", help="redo the stages even if their results are current (a fresh search, not a resumed one)")
+    for name, (_, help_text, add_arguments) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
@@ -140,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_known_noise()
-    handler, _ = COMMANDS[args.command]
+    handler, _, _ = COMMANDS[args.command]
     try:
         handler(args)
     except HybridError as err:

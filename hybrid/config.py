@@ -22,6 +22,7 @@ from hybrid.errors import ConfigError, did_you_mean
 from hybrid.distill import DistillConfig
 from hybrid.models import get_family, model_config
 from hybrid.quantize import QuantizeConfig
+from hybrid.rundir import DEFAULT_RUNS_DIR
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Schedule = Literal["constant", "step", "cosine", "onecycle"]
@@ -284,7 +285,7 @@ class Config:
 
     name: str = "run"
     """Run name: outputs go to ``<runs_dir>/<name>/``."""
-    runs_dir: str = "runs"
+    runs_dir: str = DEFAULT_RUNS_DIR
     """Parent directory of run directories (relative paths: from the working directory)."""
     model_name: str = "cnn"
     """Model family (``model.name`` in YAML)."""

@@ -49,7 +49,7 @@ from hybrid.handoff import materialize
 from hybrid.monitor import PeakRSS, StageTimer
 from hybrid.placement import StagePlacement, cluster_block, epoch_nodes
 from hybrid.report import write_report
-from hybrid.rundir import StageStore, locked
+from hybrid.rundir import SUMMARY_FILE, StageStore, locked, shipped_choice
 from hybrid.search_space import check_search_space, dump_search_space, load_search_space
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
             ctx.commit(stage, {**result, "duration_s": timer.durations_s[stage], "placement": where.stop()})
     timer.durations_s["total"] = round(time.perf_counter() - started, 3)
     summary = _summary(ctx, memory.peak_bytes)
-    _atomic.write_json(run_dir / "summary.json", summary)
+    _atomic.write_json(run_dir / SUMMARY_FILE, summary)
     report = write_report(run_dir)
     echo(format_summary(summary))
     echo(f"report: {report}")
@@ -397,10 +397,7 @@ def _stage_quantize(ctx: _Run) -> dict[str, Any]:
 
 def shipped_model(run_dir: Path, config: Config, results: dict[str, dict[str, Any]]) -> tuple[str, Path]:
     """The model ``score`` uses: the configured one, or for ``auto`` the int8 student if it passed the gate."""
-    choice = config.score.model
-    if choice == "auto":
-        int8 = results.get("quantize", {}).get("models", {}).get("student_int8", {})
-        choice = "student_int8" if int8.get("passed_gate") else "student"
+    choice = shipped_choice(config.score.model, results)
     return choice, run_dir / choice
 
 
@@ -440,10 +437,25 @@ _STAGE_FUNCS: dict[str, Callable[[_Run], dict[str, Any]]] = {
 
 
 def _summary(ctx: _Run, peak_rss: int) -> dict[str, Any]:
-    results = ctx.results
-    summary: dict[str, Any] = {"name": ctx.config.name, "models": {}}
+    return assemble_summary(ctx.config.name, ctx.results, ctx.fingerprints, ctx.timer.durations_s, peak_rss)
+
+
+def assemble_summary(
+    name: str, results: dict[str, dict[str, Any]], fingerprints: dict[str, Fingerprint],
+    durations_s: dict[str, float], peak_rss: int,
+) -> dict[str, Any]:
+    """``summary.json``'s content from the stage results of a run (committed or just run).
+
+    Args:
+        name: The run's name.
+        results: Stage results by stage name, as committed in the stage records.
+        fingerprints: Every stage's fingerprint (only those with a result are listed).
+        durations_s: What this invocation timed (stages, ``spark_start``, ``total``); it wins over recorded times.
+        peak_rss: Peak resident memory of the process tree, in bytes.
+    """
+    summary: dict[str, Any] = {"name": name, "models": {}}
     summary["data"] = results.get("ingest", {}).get("data")
-    summary["stages"] = {stage: ctx.fingerprints[stage].digest[:12] for stage in results if stage in ctx.fingerprints}
+    summary["stages"] = {stage: fingerprints[stage].digest[:12] for stage in results if stage in fingerprints}
     for stage in STAGES:
         block = results.get(stage, {})
         for key, value in block.items():
@@ -454,7 +466,7 @@ def _summary(ctx: _Run, peak_rss: int) -> dict[str, Any]:
             else:
                 summary[key] = value
     durations = {s: r["duration_s"] for s, r in results.items() if "duration_s" in r}  # resumed stages too
-    durations.update(ctx.timer.durations_s)
+    durations.update(durations_s)
     for key, value in results.get("ingest", {}).get("durations_s", {}).items():
         durations[f"ingest.{key}"] = round(value, 3)
     summary["durations_s"] = durations

@@ -26,6 +26,10 @@ from hybrid.fingerprint import STAGE_ORDER, Fingerprint
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+DEFAULT_RUNS_DIR = "runs"
+"""Where run directories go when a config sets no ``runs_dir`` (relative: from the working directory)."""
+SUMMARY_FILE = "summary.json"
+"""A run's figures, rewritten at the end of every invocation (:func:`hybrid.pipeline.run`)."""
 
 
 class RunLockedError(HybridError):
@@ -107,3 +111,17 @@ class StageStore:
         """Write the stage's record atomically: its outputs are in place, this makes them count."""
         _atomic.write_json(self.path(stage), {"fingerprint": fingerprint.digest, "inputs": fingerprint.inputs,
                                               "result": result})
+
+
+def shipped_choice(choice: str, results: dict[str, dict[str, Any]]) -> str:
+    """The model ``score`` ships: ``choice`` (``score.model``), or for ``auto`` the int8 student if it passed
+    the gate and the float student otherwise.
+
+    Args:
+        choice: ``score.model`` of the run's config.
+        results: Stage results by stage name, as committed in the stage records.
+    """
+    if choice != "auto":
+        return choice
+    int8 = results.get("quantize", {}).get("models", {}).get("student_int8", {})
+    return "student_int8" if int8.get("passed_gate") else "student"
