@@ -70,11 +70,14 @@ def parse_objectives(raw: Any, *, key: str = "objectives") -> tuple[Objective, .
             out.append(entry)
             continue
         if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} must be a mapping ({{metric: m, mode: max}} or {{m: max}}), but got {show(entry)}")
+            raise ConfigError(
+                f"{where} must be a mapping ({{metric: m, mode: max}} or {{m: max}}), but got {show(entry)}"
+            )
         if "metric" in entry or "mode" in entry:
             extra = [k for k in entry if k not in ("metric", "mode")]
             if extra:
-                raise ConfigError(f"unknown config key '{where}.{extra[0]}'{did_you_mean(str(extra[0]), ('metric', 'mode'))}")
+                hint = did_you_mean(str(extra[0]), ("metric", "mode"))
+                raise ConfigError(f"unknown config key '{where}.{extra[0]}'{hint}")
             if "metric" not in entry or "mode" not in entry:
                 raise ConfigError(f"{where} must give both metric and mode, but got {show(dict(entry))}")
             metric, mode = entry["metric"], entry["mode"]
@@ -90,7 +93,8 @@ def parse_objectives(raw: Any, *, key: str = "objectives") -> tuple[Objective, .
         out.append(Objective(metric, mode))
     names = [o.metric for o in out]
     for name in names:
-        require(names.count(name) == 1, f"{key} must name each metric once, but {name!r} appears {names.count(name)} times")
+        require(names.count(name) == 1,
+                f"{key} must name each metric once, but {name!r} appears {names.count(name)} times")
     return tuple(out)
 
 
@@ -353,9 +357,10 @@ def select(points: Sequence[Mapping[str, Any]], objectives: Sequence[Objective],
     rule.check(objectives, key=key)
     front = pareto_front(points, objectives)
     if not front.front:
-        reasons = "; ".join(f"{_name(front.points[e.index], e.index)}: {', '.join(e.reasons)}" for e in front.excluded[:3])
-        raise SelectionError(f"{key}: no candidate can be chosen: none of the {len(front.points)} has every objective's "
-                             f"metric{' (' + reasons + ')' if reasons else ''}", pareto=front.record())
+        reasons = "; ".join(f"{_name(front.points[e.index], e.index)}: {', '.join(e.reasons)}"
+                            for e in front.excluded[:3])
+        raise SelectionError(f"{key}: no candidate can be chosen: none of the {len(front.points)} has every "
+                             f"objective's metric{' (' + reasons + ')' if reasons else ''}", pareto=front.record())
     if rule.kind == "knee":
         return knee(front, rule)
     target = rule.target
