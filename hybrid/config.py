@@ -1,6 +1,7 @@
 """Typed configs for every stage, loaded from one YAML file plus ``--set key=value`` overrides.
 
-A run config has the sections ``runtime``, ``data``, ``model``, ``train`` and ``tune``. Every section is
+A run config has the sections ``runtime``, ``data``, ``model``, ``train``, ``tune``, ``distill``, ``quantize``,
+``compression`` and ``score``. Every section is
 a frozen dataclass validated in ``__post_init__``; unknown keys and out-of-range values raise
 :class:`~hybrid.errors.ConfigError` naming the dotted key, the rule and the value.
 """
@@ -14,13 +15,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from hybrid._dataclass_io import check_type, from_dict, require, show, to_dict
 from hybrid._yaml import parse_yaml, read_yaml
 from hybrid.errors import ConfigError, did_you_mean
 from hybrid.distill import DistillConfig
 from hybrid.models import get_family, model_config
+from hybrid.pareto import CompressionConfig, Mode, Objective, parse_objectives
 from hybrid.quantize import QuantizeConfig
 from hybrid.rundir import DEFAULT_RUNS_DIR
 
@@ -31,6 +33,9 @@ TuneMetric = Literal[
     "val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall", "val_loss", "val_f1", "val_exact_match"
 ]
 """Every metric some family reports; which of them a run may tune is the family's (``ModelFamily.metrics``)."""
+CandidateMetric = Literal["latency_ms", "size_bytes", "params"]
+"""What each compressed candidate is measured on besides its validation metrics, all minimised: latency in ms
+per sample, file size in bytes and parameter count of the int8 model."""
 _MEMORY_SIZE = re.compile(r"[1-9]\d*[kmgt]b?", re.IGNORECASE)
 """Spark and RayDP read a bare number differently (MiB and bytes): a unit is required."""
 _MAX_NAME_CHARS = 100
@@ -245,8 +250,26 @@ class TuneConfig:
     """Random trials before TPE starts modelling."""
     time_budget_s: float | None = None
     """Stop starting new trials after this many seconds (``null``: no limit)."""
+    objectives: tuple[Any, ...] = ()
+    """Several objectives (compression-aware search): ``[{val_accuracy: max}, {latency_ms: min}, ...]`` or the
+    long ``[{metric: val_accuracy, mode: max}, ...]``; read into :class:`~hybrid.pareto.Objective`. Empty: only
+    ``metric``, exactly as a single-objective search. The list must include ``metric`` (ASHA stops trials on
+    it); each metric keeps its one sensible direction (``val_loss`` and the candidate metrics ``latency_ms``,
+    ``size_bytes``, ``params`` are minimised, the other validation metrics maximised)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", parse_objectives(self.objectives, key="objectives"))
+        known = [*get_args(TuneMetric), *get_args(CandidateMetric)]
+        for i, objective in enumerate(self.objectives):
+            require(objective.metric in known, f"objectives[{i}] must name one of {known}, but got "
+                                               f"{objective.metric!r}{did_you_mean(objective.metric, known)}")
+            mode = metric_mode(objective.metric)
+            require(objective.mode == mode, f"objectives[{i}]: {objective.metric} can only be {mode}imised, but got "
+                                            f"mode {objective.mode!r}")
+        names = [o.metric for o in self.objectives]
+        require(not names or self.metric in names,
+                f"objectives must include metric={self.metric!r} (ASHA stops trials on it), but got {names}; "
+                f"add {{{self.metric}: {self.mode}}} or set tune.metric to one of them")
         require(self.num_samples >= 1, f"num_samples must be >= 1, but got {self.num_samples}")
         require(
             self.max_concurrent is None or self.max_concurrent >= 1,
@@ -263,7 +286,22 @@ class TuneConfig:
     @property
     def mode(self) -> Literal["min", "max"]:
         """Whether ``metric`` is minimised or maximised."""
-        return "min" if self.metric == "val_loss" else "max"
+        return metric_mode(self.metric)
+
+    @property
+    def resolved_objectives(self) -> tuple[Objective, ...]:
+        """``objectives``, or ``metric`` alone when none are given."""
+        return self.objectives or (Objective(self.metric, self.mode),)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the search has more than one objective."""
+        return len(self.resolved_objectives) > 1
+
+
+def metric_mode(metric: str) -> Mode:
+    """The one sensible direction of a metric: ``val_loss`` and the candidate metrics are minimised."""
+    return "min" if metric == "val_loss" or metric in get_args(CandidateMetric) else "max"
 
 
 @dataclass(frozen=True)
@@ -303,6 +341,8 @@ class Config:
     """Student and distillation loss."""
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     """int8 post-training quantization and its accuracy gate."""
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    """Which compressed candidate ships when ``tune.objectives`` has several objectives."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Spark batch scoring."""
 
@@ -326,6 +366,16 @@ class Config:
             f"tune.metric must be one of {list(family.metrics)} for model.name={self.model_name!r} "
             f"({family.task}), but got {self.tune.metric!r}",
         )
+        for i, objective in enumerate(self.tune.objectives):
+            require(
+                objective.metric in family.metrics or not objective.metric.startswith("val_"),
+                f"tune.objectives[{i}] must be one of {list(family.metrics)} or a candidate metric "
+                f"{list(get_args(CandidateMetric))} for model.name={self.model_name!r}, but got {objective.metric!r}",
+            )
+        if self.compression.select is not None:
+            self.compression.rule(self.tune.resolved_objectives[0]).check(
+                self.tune.resolved_objectives, key="compression.select"
+            )
         self.student_preview()  # a typo in distill.student fails now, not after the whole tune
 
     def student_preview(self) -> Any:
@@ -378,6 +428,7 @@ _SECTIONS = {
     "tune": TuneConfig,
     "distill": DistillConfig,
     "quantize": QuantizeConfig,
+    "compression": CompressionConfig,
     "score": ScoreConfig,
 }
 _SECTION_KEYS = {"model", *_SECTIONS}
@@ -497,6 +548,7 @@ def check_before_start(config: Config, *, need_search_space: bool = True) -> Non
     Raises:
         ConfigError: One line naming the key, the rule and the value.
     """
+    check_wired(config)
     check_agreement(config)
     require(
         config.data.source == "fashion_mnist" or config.data.test_path is not None or config.data.test_fraction > 0,
@@ -510,6 +562,28 @@ def check_before_start(config: Config, *, need_search_space: bool = True) -> Non
         from hybrid.search_space import check_search_space, load_search_space  # that module imports this one
 
         check_search_space(load_search_space(config.tune.search_space), config)
+
+
+def check_wired(config: Config) -> None:
+    """Refuse what the config can express but a run does not do yet, rather than ignore it silently.
+
+    Several ``tune.objectives`` and ``compression.select`` are read and checked (:mod:`hybrid.pareto` holds the
+    front and the choice), but the tune and the compression search do not use them yet (issue 11).
+
+    Raises:
+        ConfigError: Naming the key that a run would ignore.
+    """
+    names = [o.metric for o in config.tune.objectives]
+    require(
+        not config.tune.multi_objective,
+        f"tune.objectives with more than one objective is not run by the pipeline yet (only the single "
+        f"tune.metric is searched), but got {names}; remove tune.objectives",
+    )
+    require(
+        config.compression.select is None,
+        "compression.select is not applied by the pipeline yet (the shipped model is the best on tune.metric), "
+        f"but got {show(config.compression.select)}; remove it",
+    )
 
 
 def check_agreement(config: Config) -> None:

@@ -38,6 +38,16 @@ class TrainingError(HybridError, RuntimeError):
     """Training failed in a way the user can act on (e.g. a non-finite loss)."""
 
 
+class SelectionError(HybridError, RuntimeError):
+    """No candidate can be shipped under the configured rule (``compression.select``): every candidate
+    lacks a metric, or none meets the constraints. ``pareto`` holds the front's record, so that the caller
+    can still write ``compression.pareto`` to ``summary.json`` before it stops."""
+
+    def __init__(self, message: str, *, pareto: dict | None = None) -> None:
+        super().__init__(message)
+        self.pareto = pareto
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

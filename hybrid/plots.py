@@ -134,3 +134,79 @@ def heatmap(matrix: Sequence[Sequence[int]], *, labels: Sequence[str], x_label: 
     out.append(f'<text transform="translate(12 {top + size / 2}) rotate(-90)" text-anchor="middle">{html.escape(y_label)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def pareto_chart(
+    points: Sequence[tuple[str, float, float]],
+    *,
+    x_label: str,
+    y_label: str,
+    sizes: Sequence[float] | None = None,
+    size_label: str = "",
+    front: Sequence[int] = (),
+    chosen: int | None = None,
+) -> str:
+    """A scatter of ``(label, x, y)`` with the Pareto ``front`` (indices) joined and the ``chosen`` point ringed.
+
+    Each point is one ``<circle class="pt">`` (``class="pt chosen"`` for the chosen one) whose tooltip is its
+    label; with ``sizes``, a marker's area grows with its size. Points with a non-finite coordinate are left
+    out (the caller lists them).
+    """
+    shown = [i for i, (_, x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+    if not shown:
+        return "<p><em>no data</em></p>"
+    xs, ys = [points[i][1] for i in shown], [points[i][2] for i in shown]
+    x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
+    if x_hi - x_lo < 1e-12:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    if y_hi - y_lo < 1e-12:
+        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+    x_margin, y_margin = (x_hi - x_lo) * 0.08, (y_hi - y_lo) * 0.08  # room for the largest markers
+    x_lo, x_hi, y_lo, y_hi = x_lo - x_margin, x_hi + x_margin, y_lo - y_margin, y_hi + y_margin
+    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
+
+    def sx(x: float) -> float:
+        return _PAD_L + (x - x_lo) / (x_hi - x_lo) * plot_w
+
+    def sy(y: float) -> float:
+        return _PAD_T + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h
+
+    top = max((s for s in sizes or () if math.isfinite(s) and s > 0), default=0.0)
+
+    def radius(i: int) -> float:
+        if not sizes or top <= 0 or not math.isfinite(sizes[i]) or sizes[i] <= 0:
+            return 4.0
+        return max(2.5, 12.0 * math.sqrt(sizes[i] / top))  # area proportional to size
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" font-family="sans-serif" font-size="11">']
+    for t in _ticks(y_lo, y_hi):
+        out.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{_PAD_L - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    for t in _ticks(x_lo, x_hi):
+        out.append(f'<text x="{sx(t):.1f}" y="{_PAD_T + plot_h + 16}" text-anchor="middle">{_fmt(t)}</text>')
+    out.append(f'<rect x="{_PAD_L}" y="{_PAD_T}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>')
+    out.append(f'<text x="{_PAD_L + plot_w / 2}" y="{_H - 8}" text-anchor="middle">{html.escape(x_label)}</text>')
+    out.append(f'<text transform="translate(14 {_PAD_T + plot_h / 2}) rotate(-90)" text-anchor="middle">{html.escape(y_label)}</text>')
+    on_front = sorted((i for i in front if i in shown), key=lambda i: (points[i][1], points[i][2]))
+    if len(on_front) > 1:
+        path = " ".join(f"{sx(points[i][1]):.1f},{sy(points[i][2]):.1f}" for i in on_front)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{PALETTE[0]}" stroke-width="1.5"/>')
+    for i in sorted(shown, key=lambda i: -radius(i)):  # large markers first, so small ones stay visible
+        label, x, y = points[i]
+        fill, opacity = (PALETTE[0], 0.75) if i in front else ("#999", 0.45)
+        ring = f' stroke="{PALETTE[3]}" stroke-width="2.5"' if i == chosen else ' stroke="white"'
+        tip = f"{label}: {x_label} {_fmt(x)}, {y_label} {_fmt(y)}"
+        if sizes:
+            tip += f", {size_label} {_fmt(sizes[i])}"
+        out.append(f'<circle class="pt{" chosen" if i == chosen else ""}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" '
+                   f'r="{radius(i):.1f}" fill="{fill}" fill-opacity="{opacity}"{ring}><title>{html.escape(tip)}</title></circle>')
+    legend = [("front", PALETTE[0]), ("dominated", "#999")] + ([("chosen", PALETTE[3])] if chosen is not None else [])
+    for row, (name, color) in enumerate(legend):
+        ly = _PAD_T + 12 + 14 * row
+        out.append(f'<rect x="{_W - _PAD_R + 10}" y="{ly - 8}" width="10" height="10" fill="{color}"/>')
+        out.append(f'<text x="{_W - _PAD_R + 24}" y="{ly + 1}">{name}</text>')
+    if sizes:
+        ly = _PAD_T + 12 + 14 * len(legend)
+        out.append(f'<text x="{_W - _PAD_R + 10}" y="{ly + 1}">area: {html.escape(size_label[:18])}</text>')
+    out.append("</svg>")
+    return "".join(out)

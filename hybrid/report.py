@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hybrid.plots import bar_chart, heatmap, line_chart
+from hybrid.plots import bar_chart, heatmap, line_chart, pareto_chart
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,40 @@ def _table(header: list[str], rows: list[list[Any]], *, left: int = 1, classes: 
     return "".join(out)
 
 
+def _axes(objectives: list[str]) -> tuple[str, str, str | None]:
+    """``(x, y, size)`` metrics of the Pareto chart: accuracy-like up, latency across, file size as area."""
+    y = next((m for m in objectives if m.startswith("val_")), objectives[0])
+    rest = [m for m in objectives if m != y]
+    x = "latency_ms" if "latency_ms" in rest else rest[0]
+    size = "size_bytes" if "size_bytes" in objectives and "size_bytes" not in (x, y) else None
+    return x, y, size
+
+
+def _pareto_section(pareto: dict[str, Any], chosen: dict[str, Any]) -> str:
+    """The compression search's candidates: the front as a chart, every candidate (excluded ones too) in a table."""
+    metrics = [o["metric"] for o in pareto["objectives"]]
+    placed = [(p, True) for p in pareto["front"]] + [(p, False) for p in pareto["dominated"]]
+    pick = next((i for i, (p, _) in enumerate(placed) if p == chosen.get("point")), None)
+    rule = chosen.get("rule")
+    out = ["<h2>Compression: Pareto front</h2><p>Objectives: "
+           + ", ".join(f"{html.escape(o['metric'])} ({html.escape(o['mode'])})" for o in pareto["objectives"])
+           + ("; rule <code>" + html.escape(json.dumps(rule)) + "</code>: " + html.escape(chosen.get("detail", ""))
+              if rule is not None else "") + ".</p>"]
+    if len(metrics) >= 2:
+        x, y, size = _axes(metrics)
+        out.append(pareto_chart(
+            [(str(p.get("id", i)), float(p[x]), float(p[y])) for i, (p, _) in enumerate(placed)],
+            x_label=x, y_label=y, sizes=[float(p[size]) for p, _ in placed] if size else None,
+            size_label=size or "", front=[i for i, (_, on) in enumerate(placed) if on], chosen=pick,
+        ))
+    rows = [[p.get("id", "-"), "front" if on else "dominated", *(p.get(m, "-") for m in metrics)] for p, on in placed]
+    rows += [[e["point"].get("id", "-"), "excluded: " + "; ".join(e["reasons"]),
+              *("-" if e["point"].get(m) is None else e["point"][m] for m in metrics)] for e in pareto["excluded"]]
+    classes = ["best" if i == pick else "" for i in range(len(placed))] + ["failed"] * len(pareto["excluded"])
+    out.append(_table(["candidate", "status", *metrics], rows, left=2, classes=classes))
+    return "".join(out)
+
+
 def render(run_dir: Path) -> str:
     """The report's HTML for the run in ``run_dir``."""
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -96,6 +130,10 @@ def render(run_dir: Path) -> str:
                      block.get("size_bytes", "-"), block.get("latency_ms_per_sample", "-")])
     headers = ["test exact match", "test F1"] if spans else ["test accuracy", "test macro F1"]
     parts.append("<h2>Models</h2>" + _table(["model", *headers, "size (bytes)", "latency (ms/sample)"], rows))
+
+    compression = summary.get("compression") or {}
+    if compression.get("pareto"):
+        parts.append(_pareto_section(compression["pareto"], compression.get("chosen") or {}))
 
     data = summary.get("data") or {"rows_in": "-", "train": "-", "val": "-", "test": "-", "quarantined": {}}
     bad = {k: v for k, v in data["quarantined"].items() if v}

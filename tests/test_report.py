@@ -46,3 +46,32 @@ def test_report_is_self_contained_and_shows_every_trial(tmp_path):
     assert 'class="best"' in page and "loss is nan" in page
     assert "label_null" in page
     assert not re.search(r"<script|src=\"http|href=\"http", page)  # nothing fetched: readable offline
+
+
+def test_pareto_section_shows_the_front_and_marks_the_chosen_point(tmp_path):
+    from hybrid.pareto import parse_objectives, parse_selection, select
+
+    run = _run_dir(tmp_path)
+    points = [{"id": "c0", "val_accuracy": 0.93, "latency_ms": 0.09, "size_bytes": 4e6},
+              {"id": "c1", "val_accuracy": 0.91, "latency_ms": 0.05, "size_bytes": 2e6},
+              {"id": "<c2>", "val_accuracy": 0.88, "latency_ms": 0.03, "size_bytes": 1e6},
+              {"id": "c3", "val_accuracy": 0.87, "latency_ms": 0.06, "size_bytes": 1e6},  # dominated by <c2>
+              {"id": "c4", "val_accuracy": float("nan"), "latency_ms": 0.01, "size_bytes": 1e5}]
+    objectives = parse_objectives([{"val_accuracy": "max"}, {"latency_ms": "min"}, {"size_bytes": "min"}])
+    rule = parse_selection({"maximize": "val_accuracy", "subject_to": {"latency_ms": "<= 0.05"}})
+    chosen = select(points, objectives, rule)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["compression"] = {"pareto": chosen.front.record(), "chosen": chosen.record()}
+    (run / "summary.json").write_text(json.dumps(summary, allow_nan=False))
+
+    page = write_report(run).read_text()
+    section = page[page.index("<h2>Compression: Pareto front"):page.index("<h2>Data")]
+    assert section.count("<svg") == 1 and page.count("<svg") == 5
+    markers = re.findall(r'<circle class="pt( chosen)?"[^>]*><title>([^<]*)</title>', section)
+    assert len(markers) == 4  # every placed candidate once; the NaN one is listed, not plotted
+    assert [title for flag, title in markers if flag] == ["c1: latency_ms 0.05, val_accuracy 0.91, size_bytes 2e+06"]
+    assert "<polyline" in section  # the front joined
+    assert "&lt;c2&gt;" in section and "<c2>" not in section  # labels escaped
+    assert "excluded: val_accuracy is nan" in section
+    assert "highest val_accuracy among 2 of 4 candidates meeting latency_ms &lt;= 0.05" in section
+    assert section.count('class="best"') == 1
