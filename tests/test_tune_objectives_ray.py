@@ -42,7 +42,7 @@ def test_multi_objective_tune_records_costs_and_a_pareto_front(runtime, tmp_path
         name="mo", runs_dir=str(tmp_path / "runs"), model_name="cnn", model=tiny_cnn_config(),
         data=DataConfig(image_size=8, num_classes=3, path=str(tmp_path / "no-data")),  # a fixed signature
         train=TrainConfig(max_epochs=1, batch_size=32, eval_batch_size=64),
-        tune=TuneConfig(search_space=str(space), num_samples=3, max_concurrent=1, seed=0, n_startup_trials=3,
+        tune=TuneConfig(search_space=str(space), num_samples=2, max_concurrent=1, seed=0, n_startup_trials=2,
                         objectives=tuple(OBJECTIVES)),
     )
     datasets = toy_datasets()
@@ -51,7 +51,7 @@ def test_multi_objective_tune_records_costs_and_a_pareto_front(runtime, tmp_path
     paths = TunePaths(config.run_dir.resolve())
 
     # Every trial measured its costs once and reported them with its epoch; they land in the records.
-    assert len(result.trials) == 3 and all(t.status == "completed" for t in result.trials), result.trials
+    assert len(result.trials) == 2 and all(t.status == "completed" for t in result.trials), result.trials
     for t in result.trials:
         for row in (t.history[-1], t.best):
             assert row["latency_ms"] > 0 and row["size_bytes"] > 0 and row["params"] > 0, row
@@ -65,7 +65,7 @@ def test_multi_objective_tune_records_costs_and_a_pareto_front(runtime, tmp_path
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{paths.study}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE", "MINIMIZE"]
     frozen = sorted(study.get_trials(), key=lambda tr: tr.number)
-    assert [tr.state.name for tr in frozen] == ["COMPLETE"] * 3
+    assert [tr.state.name for tr in frozen] == ["COMPLETE"] * 2
     for tr, record in zip(frozen, result.trials, strict=True):
         last = record.history[-1]
         assert tr.values == pytest.approx([last["val_accuracy"], *(last[m] for m in COSTS)])
@@ -92,17 +92,19 @@ def test_multi_objective_tune_records_costs_and_a_pareto_front(runtime, tmp_path
     lines.clear()
     again = _tune(config, datasets, lines)
     assert {p.name: p.read_bytes() for p in sorted(paths.trials.glob("*.json"))} == records
-    assert len(optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{paths.study}").trials) == 3
+    assert len(optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{paths.study}").trials) == 2
     assert again.summary() == summary
-    assert any("3 finished trials kept" in line and "; 0 new" in line for line in lines), lines
+    assert any("2 finished trials kept" in line and "; 0 new" in line for line in lines), lines
 
     # Other objectives: a fresh search, whose study has the new directions.
-    fewer = dataclasses.replace(config, tune=dataclasses.replace(config.tune, objectives=tuple(OBJECTIVES[:2])))
+    # (one trial: the point is the new study, not another search)
+    fewer = dataclasses.replace(config, tune=dataclasses.replace(config.tune, objectives=tuple(OBJECTIVES[:2]),
+                                                                 num_samples=1))
     lines.clear()
     fresh = _tune(fewer, datasets, lines)
     assert any("starting a fresh search" in line for line in lines), lines
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{paths.study}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    assert len(study.trials) == 3 and all(len(tr.values) == 2 for tr in study.trials)
+    assert len(study.trials) == 1 and all(len(tr.values) == 2 for tr in study.trials)
     assert fresh.summary()["objectives"] == [{"metric": "val_accuracy", "mode": "max"},
                                              {"metric": "latency_ms", "mode": "min"}]
