@@ -71,6 +71,10 @@ class SeededTPESampler(optuna.samplers.TPESampler):
 class ResumableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that resumes the trials in flight, and reports Optuna the epoch as the step.
 
+    With several objectives (``metric`` and ``mode`` lists: a multi-objective study) Optuna takes no
+    intermediate values; each trial is told its last reported value of every objective when it ends (ASHA's
+    stop included), or failed/pruned when one of them is missing.
+
     Args:
         resume: Optuna storage ids (``FrozenTrial._trial_id``) of RUNNING trials to hand out first, in order.
         paths: The tune's files: a new trial's Train storage is cleared, so nothing stale is resumed.
@@ -97,9 +101,16 @@ class ResumableOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # Tune's training_iteration restarts at 1 when a trial resumes; the epoch does not.
+        if isinstance(self.metric, list):  # Optuna refuses intermediate values of a multi-objective trial
+            return
         if trial_id in self._completed_trials or self.metric not in result or "epoch" not in result:
             return
         self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if isinstance(self.metric, list) and result and any(result.get(m) is None for m in self.metric):
+            result = None  # Ray would tell Optuna a list holding None, which Optuna refuses (the trial stays RUNNING)
+        super().on_trial_complete(trial_id, result, error)
 
 
 @dataclass(frozen=True)
@@ -162,9 +173,10 @@ class TrialRecorder(Callback):
 
     def __init__(
         self, *, paths: TunePaths, metric: str, mode: str, max_epochs: int, total: int, done: int,
-        prior: dict[str, Prior], echo: Callable[[str], None] | None,
+        prior: dict[str, Prior], echo: Callable[[str], None] | None, shown: tuple[str, ...] = (),
     ) -> None:
         self.paths, self.metric, self.mode, self.max_epochs = paths, metric, mode, max_epochs
+        self.shown = shown  # the other objectives, printed beside metric
         self.total, self.done, self.prior, self.echo = total, done, prior, echo
         self.rows: dict[str, dict[int, dict[str, Any]]] = {}
         self.seconds: dict[str, float] = {}
@@ -207,6 +219,7 @@ class TrialRecorder(Callback):
         self.done += 1
         value = record.best.get(self.metric)
         score = f"{self.metric}={value:.4f}" if isinstance(value, float) else "no result"
+        score += "".join(f", {name}={_short(record.best[name])}" for name in self.shown if name in record.best)
         params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(record.params.items()))
         (self.echo or print)(
             f"[tune {self.done}/{self.total} {time.perf_counter() - self.started:6.0f}s] trial {record.trial_id} "

@@ -1,7 +1,8 @@
 """Measure a saved model as it will be shipped: test metrics, file size and latency, side by side.
 
 Shared by the tune, distill and quantize stages, so that every model in ``summary.json`` is measured
-the same way (same rows, batch size and threads).
+the same way (same rows, batch size and threads). :func:`float_costs` is what each tune trial measures
+when ``tune.objectives`` names ``latency_ms``, ``size_bytes`` or ``params``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
 
 LATENCY_BATCH = 256
 """Rows per timed forward pass."""
+TUNE_LATENCY_THREADS = 1
+"""Threads of the latency a tune trial measures. A trial's worker holds at least one CPU and shares its node
+with other trials, so one thread is the setting every trial can time alike: these latencies rank trials
+against each other; they are not the all-core figures of the models in ``summary.json``."""
+COST_METRICS = ("latency_ms", "size_bytes", "params")
+"""What :func:`float_costs` returns: the candidate metrics a search may minimise besides the validation ones."""
 
 
 @dataclass
@@ -61,6 +68,39 @@ def measure_model(
         latency = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, threads=os.cpu_count() or 1)
     return ModelReport(test=result.metrics, test_confusion_matrix=result.confusion_matrix, size_bytes=file_bytes,
                        latency_ms_per_sample=latency)
+
+
+def float_costs(model: Any, inputs: tuple[Any, ...], *, threads: int = TUNE_LATENCY_THREADS) -> dict[str, Any]:
+    """A float model's candidate metrics (:data:`COST_METRICS`), measured on CPU in eval mode.
+
+    Args:
+        model: An ``nn.Module`` (a DDP wrapper is unwrapped; one on a GPU is timed as a CPU copy).
+        inputs: ``forward``'s tensors for a fixed batch (:func:`hybrid.models.batch_inputs` of a sample).
+        threads: Torch threads while timing.
+
+    Returns:
+        ``latency_ms``: ms per sample, fastest of the repeats at :data:`LATENCY_BATCH` rows (recycled from
+        ``inputs``), as :func:`hybrid.quantize.latency_ms_per_sample` times every model; ``size_bytes``: of its
+        ``model.safetensors``, the size ``summary.json`` gives the float models; ``params``: parameter count.
+    """
+    import copy
+
+    import torch
+
+    from hybrid.quantize import float_size_bytes, latency_ms_per_sample
+
+    module = getattr(model, "module", model)
+    if any(p.device.type != "cpu" for p in module.parameters()):
+        module = copy.deepcopy(module).cpu()
+    training = module.training
+    module.eval()  # dropout off: time what inference runs
+    try:
+        with torch.no_grad():
+            latency = latency_ms_per_sample(module, inputs, batch_size=LATENCY_BATCH, threads=threads)
+    finally:
+        module.train(training)
+    return {"latency_ms": float(latency), "size_bytes": float_size_bytes(module),
+            "params": int(sum(p.numel() for p in module.parameters()))}
 
 
 def side_by_side(

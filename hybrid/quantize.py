@@ -345,7 +345,7 @@ def quantize(
         with torch.no_grad():
             float_logits = _batched(model, eval_inputs)
         baseline = _measure(model, float_logits, float_logits, eval_labels, eval_inputs, config, threads)
-        baseline.size_bytes = _float_size(model)
+        baseline.size_bytes = float_size_bytes(model)
         # float(): a task's metrics are numpy scalars, and a numpy bool from comparing them is no JSON.
         baseline.score = float(scorer[1](model)) if scorer is not None else baseline.accuracy
         reference = baseline.score if reference is None else float(reference)
@@ -591,8 +591,12 @@ def _torch_threads(n: int) -> Any:
         torch.set_num_threads(previous)
 
 
-def _float_size(model: nn.Module) -> int:
+def float_size_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s weights as safetensors: the size of the ``model.safetensors`` that
+    :func:`hybrid.artifacts.save_model` writes (a DDP wrapper is unwrapped)."""
     from safetensors.torch import save
+
+    model = getattr(model, "module", model)
 
     return len(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
 

@@ -80,16 +80,18 @@ def _axes(objectives: list[str]) -> tuple[str, str, str | None]:
     return x, y, size
 
 
-def _pareto_section(pareto: dict[str, Any], chosen: dict[str, Any]) -> str:
-    """The compression search's candidates: the front as a chart, every candidate (excluded ones too) in a table."""
+def _pareto_section(pareto: dict[str, Any], chosen: dict[str, Any], *, title: str = "Compression: Pareto front",
+                    what: str = "candidate") -> str:
+    """A search's points (the compression search's candidates, or the tune's trials): the front as a chart,
+    every point (excluded ones too) in a table, the chosen one marked."""
     metrics = [o["metric"] for o in pareto["objectives"]]
     placed = [(p, True) for p in pareto["front"]] + [(p, False) for p in pareto["dominated"]]
     pick = next((i for i, (p, _) in enumerate(placed) if p == chosen.get("point")), None)
     rule = chosen.get("rule")
-    out = ["<h2>Compression: Pareto front</h2><p>Objectives: "
+    out = [f"<h2>{html.escape(title)}</h2><p>Objectives: "
            + ", ".join(f"{html.escape(o['metric'])} ({html.escape(o['mode'])})" for o in pareto["objectives"])
            + ("; rule <code>" + html.escape(json.dumps(rule)) + "</code>: " + html.escape(chosen.get("detail", ""))
-              if rule is not None else "") + ".</p>"]
+              if rule is not None else "; " + html.escape(chosen["detail"]) if chosen.get("detail") else "") + ".</p>"]
     if len(metrics) >= 2:
         x, y, size = _axes(metrics)
         out.append(pareto_chart(
@@ -101,7 +103,7 @@ def _pareto_section(pareto: dict[str, Any], chosen: dict[str, Any]) -> str:
     rows += [[e["point"].get("id", "-"), "excluded: " + "; ".join(e["reasons"]),
               *("-" if e["point"].get(m) is None else e["point"][m] for m in metrics)] for e in pareto["excluded"]]
     classes = ["best" if i == pick else "" for i in range(len(placed))] + ["failed"] * len(pareto["excluded"])
-    out.append(_table(["candidate", "status", *metrics], rows, left=2, classes=classes))
+    out.append(_table([what, "status", *metrics], rows, left=2, classes=classes))
     return "".join(out)
 
 
@@ -130,6 +132,12 @@ def render(run_dir: Path) -> str:
                      block.get("size_bytes", "-"), block.get("latency_ms_per_sample", "-")])
     headers = ["test exact match", "test F1"] if spans else ["test accuracy", "test macro F1"]
     parts.append("<h2>Models</h2>" + _table(["model", *headers, "size (bytes)", "latency (ms/sample)"], rows))
+
+    if tune.get("pareto"):  # several tune.objectives: the trials' front; the teacher is the best on tune.metric
+        front = tune["pareto"]
+        teacher = next((p for p in front["front"] + front["dominated"] if p.get("id") == tune.get("best_trial")), None)
+        chosen = {"point": teacher, "detail": f"the teacher, the best trial on {metric}"} if teacher else {}
+        parts.append(_pareto_section(front, chosen, title="Tune: Pareto front of the trials", what="trial"))
 
     compression = summary.get("compression") or {}
     if compression.get("pareto"):

@@ -29,7 +29,7 @@ from torch import nn
 from hybrid._dataclass_io import from_dict, to_dict
 from hybrid.config import TrainConfig
 from hybrid.errors import TrainingError
-from hybrid.models import collate_fn, create_model, get_family, model_config
+from hybrid.models import batch_inputs, collate_fn, create_model, get_family, model_config
 from hybrid.models.tasks import CLASSIFICATION, LABEL, TEACHER_LOGITS, Task, model_inputs
 from hybrid.schedules import build_scheduler
 from hybrid.train_state import (
@@ -46,6 +46,9 @@ from hybrid.train_state import (
 )
 
 log = logging.getLogger(__name__)
+
+_NOT_IDENTITY = ("shipped", "cost_sample")
+"""``LoopSpec`` fields a resumed run need not match: objects and data, not settings."""
 
 if TYPE_CHECKING:
     import ray.data
@@ -74,10 +77,17 @@ class LoopSpec:
     """``model`` fields naming directories (the family's ``path_fields``) -> their
     :class:`~hybrid.shipping.ShippedDir`: what the workers open instead of the driver's paths, which
     ``model`` keeps (a run's identity and records name the user's paths). See :func:`ship_paths`."""
+    cost_sample: dict[str, Any] | None = None
+    """Validation rows (numpy columns, :data:`hybrid.measure.LATENCY_BATCH` of them) on which rank 0 measures
+    the model's ``latency_ms``, ``size_bytes`` and ``params`` (:func:`hybrid.measure.float_costs`) once per
+    attempt, before its first epoch, and adds them to every epoch's metrics; None: not measured. Those three
+    depend on the architecture, not the weights, so measuring after each epoch would cost time for nothing.
+    Not part of the run's identity (it is data, like ``shipped``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``train_loop_config`` handed to ``TorchTrainer`` (``shipped`` stays as objects)."""
-        return {**to_dict(dataclasses.replace(self, shipped={})), "shipped": dict(self.shipped)}
+        """The ``train_loop_config`` handed to ``TorchTrainer`` (``shipped`` and ``cost_sample`` stay objects)."""
+        return {**to_dict(dataclasses.replace(self, shipped={}, cost_sample=None)), "shipped": dict(self.shipped),
+                "cost_sample": self.cost_sample}
 
 
 def ship_paths(model_name: str, model: dict[str, Any], shipped: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -235,7 +245,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
 
-    identity = run_identity({k: v for k, v in loop_config.items() if k != "shipped"})
+    identity = run_identity({k: v for k, v in loop_config.items() if k not in _NOT_IDENTITY})
     state = TrainState(run=identity)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -251,6 +261,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                      scaler=scaler, rank=rank, device=device)
         state.run = identity
     start_epoch = state.epoch
+    costs = _costs(model, spec, family, collate) if rank == 0 and spec.cost_sample is not None else {}
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -286,11 +297,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "lr": float(scheduler.get_last_lr()[0]),
             "epoch_time_s": time.perf_counter() - t0,
             "train_samples_per_s": float(seen_all / train_time) if train_time > 0 else 0.0,
+            **costs,
         }
         metrics["node_id"] = ray.get_runtime_context().get_node_id()  # rank 0's: where this epoch ran
         _mark_best(state, metrics, spec, epoch + 1, start_epoch)
         _report(rank, model, spec, arch, epoch, metrics, scores, cm, state=state, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, device=device)
+
+
+def _costs(model: nn.Module, spec: LoopSpec, family: Any, collate: Any) -> dict[str, Any]:
+    """``latency_ms``, ``size_bytes`` and ``params`` of ``model`` on ``spec.cost_sample`` (see its docstring)."""
+    from hybrid.measure import float_costs
+
+    return float_costs(model, batch_inputs(spec.cost_sample or {}, family.input_columns, collate))
 
 
 def _mark_best(state: TrainState, metrics: dict[str, Any], spec: LoopSpec, epoch: int, start_epoch: int) -> None:

@@ -10,6 +10,12 @@ Optuna study lives in SQLite, every trial's record is rewritten after each epoch
 ends with a checkpoint of the whole training state. Run again with the same fingerprint, it keeps
 the finished trials as they are, continues each trial that was in flight from its last epoch, replays
 ASHA's rungs, and runs only the trials still missing. See :mod:`hybrid.tune_records` for the files.
+
+Several objectives (``tune.objectives``, e.g. ``val_accuracy`` max and ``latency_ms`` min): the Optuna study
+is multi-objective (one direction per objective; TPE models them jointly), each trial measures the
+candidate metrics it needs (:func:`hybrid.measure.float_costs`) and reports them with every epoch, and the
+summary records the trials' Pareto front (:mod:`hybrid.pareto`). ASHA stops trials on ``tune.metric``
+alone (it takes one metric), and the teacher stays the best trial on ``tune.metric``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from hybrid import _atomic, cluster
 from hybrid.config import Config
 from hybrid.errors import TrainingError
+from hybrid.pareto import Objective, ParetoFront, pareto_front
 from hybrid.placement import HEAD_RESOURCE
 from hybrid.search_space import check_search_space, load_search_space
 from hybrid.tune_records import (
@@ -61,8 +68,24 @@ class TuneResult:
 
     trials: list[TrialRecord]
     best: TrialRecord
+    """The best trial on ``metric`` (the teacher), whatever the objectives."""
     metric: str
     mode: str
+    objectives: tuple[Objective, ...] = ()
+    """``tune.objectives`` when there are several; empty for a single-metric search."""
+
+    def pareto(self) -> ParetoFront | None:
+        """The trials' front over :attr:`objectives` (None for a single-metric search).
+
+        Each trial is the point of its best epoch on ``metric``: the checkpoint it would ship as the teacher.
+        (Optuna was told each trial's last epoch, as Ray's ``OptunaSearch`` does; the cost metrics are the
+        same at every epoch.) A trial without a value of every objective (failed early) is excluded, with why.
+        """
+        if len(self.objectives) < 2:
+            return None
+        points = [{"id": t.trial_id, "status": t.status, "epoch": t.best.get("epoch"),
+                   **{o.metric: t.best.get(o.metric) for o in self.objectives}} for t in self.trials]
+        return pareto_front(points, self.objectives)
 
     @property
     def best_checkpoint(self) -> Path:
@@ -84,8 +107,9 @@ class TuneResult:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """The ``tune`` block of ``summary.json``."""
-        return {
+        """The ``tune`` block of ``summary.json``; with several objectives also ``objectives`` and ``pareto``
+        (:meth:`hybrid.pareto.ParetoFront.record`: the front, the dominated and the excluded trials)."""
+        out = {
             **self.counts(),
             "metric": self.metric,
             "best_trial": self.best.trial_id,
@@ -93,6 +117,11 @@ class TuneResult:
             f"best_{self.metric}": self.best.best.get(self.metric),
             "best_epoch": self.best.best.get("epoch"),
         }
+        front = self.pareto()
+        if front is not None:
+            out["objectives"] = [{"metric": o.metric, "mode": o.mode} for o in self.objectives]
+            out["pareto"] = front.record()
+        return out
 
 
 def default_concurrency(worker: dict[str, float], *, workers: int, nodes: Sequence[cluster.Node]) -> int:
@@ -137,8 +166,11 @@ def tune(
             equal fingerprints mean the tune on disk may be resumed.
         echo: Where progress lines go.
 
+    With several ``tune.objectives`` the study is multi-objective; ASHA still stops trials on
+    ``tune.metric`` and the best trial is the best on it (see the module docstring).
+
     Returns:
-        Every trial's record (ordered by trial number) and the best one.
+        Every trial's record (ordered by trial number), the best one, and the objectives when there are several.
 
     Raises:
         ConfigError: If the search space does not fit the config.
@@ -149,6 +181,7 @@ def tune(
 
     from hybrid import _tune_ray
     from hybrid._dataclass_io import to_dict
+    from hybrid.measure import COST_METRICS, LATENCY_BATCH
     from hybrid.train import ship_paths
 
     quiet_ray_data()
@@ -164,9 +197,13 @@ def tune(
     worker = cluster.worker_request(cpus=train_cfg.cpus_per_worker, use_gpu=train_cfg.use_gpu)
     cluster.check_workers_fit("tune", train_cfg, nodes=nodes, what="each trial's training worker")
     concurrency = tc.max_concurrent or default_concurrency(worker, workers=train_cfg.num_workers, nodes=nodes)
+    objectives = tc.resolved_objectives
+    goal = ", ".join(f"{o.metric} ({o.mode})" for o in objectives)
+    if tc.multi_objective:
+        goal += f"; ASHA stops on {tc.metric}"
     echo(
         f"[tune] {tc.num_samples} trials, {concurrency} at a time, up to {train_cfg.max_epochs} epochs each, "
-        f"ASHA grace {tc.grace_period} / reduction {tc.reduction_factor}, optimising {tc.metric} ({tc.mode})"
+        f"ASHA grace {tc.grace_period} / reduction {tc.reduction_factor}, optimising {goal}"
     )
     if plan.kept or plan.resume:
         continuing = ", ".join(f"{tid} from epoch {plan.prior[tid].epoch}" for tid, _ in plan.resume)
@@ -174,14 +211,21 @@ def tune(
              + (f"; continuing {continuing}" if continuing else "")
              + f"; {max(0, to_run - len(plan.resume))} new")
     if to_run > 0:
+        # One metric: exactly the single-objective search. Several: Optuna's multi-objective study.
+        metric: str | list[str] = [o.metric for o in objectives] if tc.multi_objective else tc.metric
+        mode: str | list[str] = [o.mode for o in objectives] if tc.multi_objective else tc.mode
+        costs = [o.metric for o in objectives if o.metric in COST_METRICS]
+        # One fixed batch for every trial, taken once here (text is padded per batch: its rows set the cost).
+        cost_sample = datasets["val"].take_batch(LATENCY_BATCH, batch_format="numpy") if costs else None
         searcher = _tune_ray.ResumableOptunaSearch(
-            space=space, metric=tc.metric, mode=tc.mode, storage=storage, study_name=STUDY_NAME,
+            space=space, metric=metric, mode=mode, storage=storage, study_name=STUDY_NAME,
             sampler=_tune_ray.SeededTPESampler(seed=tc.seed, n_startup_trials=tc.n_startup_trials),
             resume=[storage_id for _, storage_id in plan.resume], paths=paths,
         )
         recorder = _tune_ray.TrialRecorder(
             paths=paths, metric=tc.metric, mode=tc.mode, max_epochs=train_cfg.max_epochs, total=tc.num_samples,
             done=len(plan.kept), prior=plan.prior, echo=echo,
+            shown=tuple(o.metric for o in objectives if o.metric != tc.metric),
         )
         trainable = rt.with_resources(
             rt.with_parameters(
@@ -190,7 +234,8 @@ def tune(
                 # The model's directories travel through the object store, put once here by the driver: a
                 # trial's own actor may run on a node that cannot see the driver's paths.
                 spec_fields={"num_classes": config.data.num_classes, "train_rows": train_rows, "metadata": metadata,
-                             "shipped": ship_paths(config.model_name, to_dict(config.model))},
+                             "shipped": ship_paths(config.model_name, to_dict(config.model)),
+                             "cost_sample": cost_sample},
                 datasets={"train": datasets["train"], "val": datasets["val"]},
                 storage_path=str(paths.train),
             ),
@@ -203,7 +248,8 @@ def tune(
             trainable,
             tune_config=rt.TuneConfig(
                 search_alg=searcher,
-                scheduler=plan.scheduler,  # metric and mode live in the searcher and the scheduler
+                # metric and mode live in the searcher (every objective) and the scheduler (ASHA: tune.metric)
+                scheduler=plan.scheduler,
                 num_samples=to_run,
                 max_concurrent_trials=concurrency,
                 time_budget_s=tc.time_budget_s,
@@ -220,19 +266,21 @@ def tune(
     numbers = sorted(t.number for t in study.get_trials(deepcopy=False))
     trials = [records[trial_name(n)] for n in numbers if trial_name(n) in records]
     best = pick_best(trials, metric=tc.metric, mode=tc.mode)
-    return TuneResult(trials=trials, best=best, metric=tc.metric, mode=tc.mode)
+    return TuneResult(trials=trials, best=best, metric=tc.metric, mode=tc.mode,
+                      objectives=objectives if tc.multi_objective else ())
 
 
 def _open_study(
     paths: TunePaths, fingerprint: str, config: Config, echo: Callable[[str], None]
 ) -> tuple[optuna.Study, Any]:
     """Open the study of the tune with ``fingerprint``; wipe the tune first when the fingerprint differs
-    (or the study cannot be read). Returns ``(study, storage)``."""
+    (or the study cannot be read, or its directions are not the objectives'). Returns ``(study, storage)``."""
     import optuna
 
     from hybrid._tune_ray import SeededTPESampler
 
     tc = config.tune
+    directions, reason = _directions(config), ""
     for attempt in range(2):
         try:
             previous: str | None = paths.fingerprint.read_text(encoding="utf-8", errors="replace")
@@ -241,22 +289,35 @@ def _open_study(
         if previous != fingerprint or attempt:
             if previous is not None or paths.trials.exists():
                 echo(f"[tune] starting a fresh search in {paths.tune}: "
-                     + ("the study could not be read" if attempt else "the run's inputs changed since the last tune"))
+                     + (reason if attempt else "the run's inputs changed since the last tune"))
             paths.wipe()
             _atomic.write_text(paths.fingerprint, fingerprint)
         try:
             storage = optuna.storages.RDBStorage(f"sqlite:///{paths.study}")
             study = optuna.create_study(
-                storage=storage, study_name=STUDY_NAME, load_if_exists=True,
-                direction="maximize" if tc.mode == "max" else "minimize",
+                storage=storage, study_name=STUDY_NAME, load_if_exists=True, directions=directions,
                 sampler=SeededTPESampler(seed=tc.seed, n_startup_trials=tc.n_startup_trials),
             )
-            return study, storage
         except Exception as err:  # a corrupt SQLite file: start over once, else let it raise
             if attempt:
                 raise
             log.warning("could not read the Optuna study %s (%s): starting a fresh search", paths.study, err)
+            reason = "the study could not be read"
+            continue
+        found = [d.name.lower() for d in study.directions]
+        if found == directions:
+            return study, storage
+        # Only a fingerprint that leaves out tune.objectives gets here (a caller's own): never mix the two studies.
+        if attempt:
+            raise TrainingError(f"the Optuna study {paths.study} has directions {found}, but tune.objectives "
+                                f"need {directions}, even after starting afresh")
+        reason = f"its study optimises {found}, but tune.objectives need {directions}"
     raise AssertionError("unreachable")
+
+
+def _directions(config: Config) -> list[str]:
+    """Optuna's study directions: one per objective (``tune.metric`` alone without ``tune.objectives``)."""
+    return ["maximize" if o.mode == "max" else "minimize" for o in config.tune.resolved_objectives]
 
 
 @dataclass
@@ -279,6 +340,7 @@ def _plan(study: optuna.Study, paths: TunePaths, config: Config) -> _Plan:
 
     tc, max_epochs = config.tune, config.train.max_epochs
     metric, mode = tc.metric, tc.mode
+    objectives = [o.metric for o in tc.resolved_objectives]
     records = read_records(paths)
     plan, in_flight = _Plan(), []
     record_args = {"paths": paths, "metric": metric, "mode": mode, "max_epochs": max_epochs}
@@ -295,7 +357,7 @@ def _plan(study: optuna.Study, paths: TunePaths, config: Config) -> _Plan:
                 write_record(paths, record)
             plan.kept.append(record)
         elif record is not None and record.final:  # killed between writing the record and telling Optuna
-            _tell(study, trial.number, record, metric)
+            _tell(study, trial.number, record, objectives)
             plan.kept.append(record)
         else:
             in_flight.append((trial, record))
@@ -334,7 +396,7 @@ def _plan(study: optuna.Study, paths: TunePaths, config: Config) -> _Plan:
                                  duration_s=prior.duration_s, resumed_from=record.resumed_from if record else [],
                                  **record_args)
             write_record(paths, record)
-            _tell(study, trial.number, record, metric)
+            _tell(study, trial.number, record, objectives)
             plan.kept.append(record)
             del plan.prior[tid]
         else:
@@ -347,17 +409,18 @@ def _points(history: list[dict[str, Any]], metric: str) -> list[tuple[int, float
     return [(int(r["epoch"]), float(r[metric])) for r in history if "epoch" in r and metric in r]
 
 
-def _tell(study: optuna.Study, number: int, record: TrialRecord, metric: str) -> None:
-    """Tell Optuna how trial ``number`` ended, as Ray's ``OptunaSearch`` would have (its last value)."""
+def _tell(study: optuna.Study, number: int, record: TrialRecord, objectives: Sequence[str]) -> None:
+    """Tell Optuna how trial ``number`` ended, as Ray's ``OptunaSearch`` would have: its last value of
+    each of ``objectives`` (one value for a single-objective study)."""
     from optuna.trial import TrialState
 
-    last = record.history[-1].get(metric) if record.history else None
+    last = [record.history[-1].get(m) for m in objectives] if record.history else [None]
     if record.status == "failed":
         study.tell(number, state=TrialState.FAIL)
-    elif last is None:
+    elif any(v is None for v in last):
         study.tell(number, state=TrialState.PRUNED)
     else:
-        study.tell(number, last, state=TrialState.COMPLETE)
+        study.tell(number, last if len(last) > 1 else last[0], state=TrialState.COMPLETE)
 
 
 def _latest_state(paths: TunePaths, trial_id: str, *, wipe: bool) -> Any:

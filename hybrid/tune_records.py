@@ -23,12 +23,14 @@ from typing import Any, Literal
 from hybrid import _atomic
 from hybrid._dataclass_io import to_dict
 from hybrid.errors import TrainingError
+from hybrid.measure import COST_METRICS
 from hybrid.train_state import MODEL_DIR, START_EPOCH, best_index
 
 TrialStatus = Literal["running", "completed", "pruned", "failed"]
 FINAL: tuple[TrialStatus, ...] = ("completed", "pruned", "failed")
 _ID = re.compile(r"t(\d{4,})")
-_KEEP = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "train_samples_per_s", START_EPOCH, "node_id")
+_KEEP = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s", "train_samples_per_s", START_EPOCH, "node_id",
+         *COST_METRICS)
 
 
 def trial_name(number: int) -> str:
@@ -125,7 +127,8 @@ def error_text(error: BaseException | str) -> str:
 
 
 def history_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The part of one reported epoch a record keeps (validation metrics and the fixed keys)."""
+    """The part of one reported epoch a record keeps (validation metrics, the fixed keys, and the candidate
+    metrics ``latency_ms``, ``size_bytes`` and ``params`` when the search measures them)."""
     return {k: _plain(v) for k, v in metrics.items() if k in _KEEP or k.startswith("val_")}
 
 

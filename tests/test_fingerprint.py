@@ -41,6 +41,7 @@ def _from(stage: str) -> list[str]:
         ("model", {"base_channels": 8}, "tune"),
         ("train", {"lr": 0.01}, "tune"),
         ("tune", {"num_samples": 3}, "tune"),
+        ("tune", {"objectives": [{"val_accuracy": "max"}, {"latency_ms": "min"}]}, "tune"),
         ("distill", {"alpha": 0.0}, "distill"),
         ("distill", {"temperature": 2.0}, "distill"),
         ("quantize", {"backend": "torch"}, "quantize"),

@@ -75,3 +75,25 @@ def test_pareto_section_shows_the_front_and_marks_the_chosen_point(tmp_path):
     assert "excluded: val_accuracy is nan" in section
     assert "highest val_accuracy among 2 of 4 candidates meeting latency_ms &lt;= 0.05" in section
     assert section.count('class="best"') == 1
+
+
+def test_a_multi_objective_tune_shows_the_trials_front_and_the_teacher(tmp_path):
+    from hybrid.pareto import parse_objectives, pareto_front
+
+    run = _run_dir(tmp_path)
+    points = [{"id": "t0", "status": "completed", "epoch": 3, "val_accuracy": 0.91, "latency_ms": 0.05},
+              {"id": "t1", "status": "pruned", "epoch": 1, "val_accuracy": 0.80, "latency_ms": 0.01},
+              {"id": "t2", "status": "completed", "epoch": 3, "val_accuracy": 0.88, "latency_ms": 0.06},
+              {"id": "t3", "status": "failed", "epoch": None, "val_accuracy": None, "latency_ms": None}]
+    objectives = parse_objectives([{"val_accuracy": "max"}, {"latency_ms": "min"}])
+    summary = json.loads((run / "summary.json").read_text())
+    summary["tune"]["pareto"] = pareto_front(points, objectives).record()
+    (run / "summary.json").write_text(json.dumps(summary, allow_nan=False))
+
+    page = write_report(run).read_text()
+    section = page[page.index("<h2>Tune: Pareto front of the trials"):page.index("<h2>Data")]
+    assert section.count("<svg") == 1 and "Compression" not in section
+    markers = re.findall(r'<circle class="pt( chosen)?"[^>]*><title>([^<]*)</title>', section)
+    assert [title.split(":")[0] for flag, title in markers if flag] == ["t0"]  # the teacher
+    assert "the teacher, the best trial on val_accuracy" in section
+    assert "excluded: val_accuracy is missing" in section and "<th class=l>trial</th>" in section
