@@ -218,11 +218,7 @@ def normalize(df: DataFrame, norm: Normalizer) -> DataFrame:
 
 def to_ray(df: DataFrame, *, dest: Path, rows: int, num_blocks: int) -> tuple[ray.data.Dataset, int]:
     """Hand ``df`` to Ray (see :mod:`hybrid.handoff`): Spark writes Parquet to ``dest`` in at least
-    ``num_blocks`` files; returns a lazy Ray dataset over them (Spark's row order) and the rows written.
-
-    Nothing is read into Ray yet: Spark may hold every CPU until it is stopped; :func:`hybrid.handoff.materialize`
-    reads the datasets afterwards.
-    """
+    ``num_blocks`` files; returns them read into a Ray dataset (Spark's row order) and the rows written."""
     from hybrid.handoff import spark_to_ray
 
     return spark_to_ray(df, dest, rows=rows, min_blocks=num_blocks)
@@ -392,10 +388,9 @@ def check_split_counts(
 def hand_off(
     splits: dict[str, DataFrame], *, counts: dict[str, int], config: DataConfig, run_dir: Path
 ) -> dict[str, ray.data.Dataset]:
-    """:func:`to_ray` for each split (Parquet under ``<run_dir>/data/handoff/``), checking the files hold
-    exactly the rows Spark counted. Read into Ray at once when a CPU is free beside Spark, else lazy
-    (see :func:`cpu_free_beside_spark`)."""
-    from hybrid.handoff import HANDOFF_DIR, materialize
+    """:func:`to_ray` for each split (Parquet under ``<run_dir>/data/handoff/``, read into Ray's object store by
+    tasks that need no CPU), checking the files hold exactly the rows Spark counted."""
+    from hybrid.handoff import HANDOFF_DIR
 
     base = (run_dir / "data" / HANDOFF_DIR).resolve()
     handed = {name: to_ray(df, dest=base / name, rows=counts[name], num_blocks=config.blocks_per_split)
@@ -403,14 +398,13 @@ def hand_off(
     received = {name: rows for name, (_, rows) in handed.items()}
     if received != counts:
         raise RuntimeError(f"bug: Spark counted {counts} rows per split, but wrote {received} for Ray")
-    datasets = {name: ds for name, (ds, _) in handed.items()}
-    return materialize(datasets) if cpu_free_beside_spark() else datasets
+    return {name: ds for name, (ds, _) in handed.items()}
 
 
 def cpu_free_beside_spark() -> bool:
-    """Whether a Ray task can get a CPU now, beside Spark's executors (then the hand-off reads at once, as a
-    caller of :func:`ingest` expects; otherwise the splits stay lazy until Spark is stopped: on a cluster of
-    1-CPU nodes the executors hold every CPU and a read would wait forever)."""
+    """Whether a Ray task can get a CPU now, beside Spark's executors (then a step on the handed-off splits runs
+    at once, as a caller of :func:`ingest` expects; otherwise it stays lazy until Spark is stopped: on a cluster
+    of 1-CPU nodes the executors hold every CPU and the step would wait forever)."""
     import ray
 
     return ray.available_resources().get("CPU", 0.0) >= 1

@@ -27,6 +27,7 @@ from hybrid.ingest import (
     IngestResult,
     check_accounted,
     check_split_counts,
+    cpu_free_beside_spark,
     first_broken_rule,
     hand_off,
     quarantine,
@@ -240,10 +241,8 @@ def ingest_text(spark: SparkSession, config: DataConfig, *, run_dir: Path, token
         name: tokenize_dataset(ds, tokenizer_dir=tokenizer_dir, max_length=config.max_seq_length)
         for name, ds in converted.items()
     }
-    from ray.data.dataset import MaterializedDataset
-
-    if all(isinstance(ds, MaterializedDataset) for ds in converted.values()):
-        datasets = {name: ds.materialize() for name, ds in datasets.items()}  # its actor needs no CPU
+    if cpu_free_beside_spark():  # else tokenised lazily, once Spark has let go (hybrid.handoff.materialize)
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
     durations["tokenize"] = time.perf_counter() - t0
     for df in tagged.values():
         df.unpersist()
