@@ -154,6 +154,9 @@ def test_qa_fixture_config_tunes_distils_quantizes_and_scores_a_span_model_repor
         "--set", "name=qa", "--set", f"runs_dir={tmp_path}", "--set", f"tune.search_space={TINY_SPACE}",
         "--set", "tune.num_samples=1", "--set", "tune.n_startup_trials=1", "--set", "train.max_epochs=1",
         "--set", "model.num_layers=2", "--set", "tune.grace_period=1", "--set", "distill.max_epochs=1",
+        # One int8 backend: "auto" also builds and measures torch's (PT2E) int8, ~2 min more on a BERT for
+        # what tests/test_quantize.py covers already.
+        "--set", "quantize.backend=onnxruntime",
     ]
     proc = run_cli("run", str(QA), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
