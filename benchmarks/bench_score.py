@@ -20,7 +20,7 @@ What is compared (same model, same rows, same plain local Spark, one run)
       ``--row-udf-rows`` rows only because it is slow;
     - ``validate_only``: the Spark validation expression and the noop sink without any model, the
       floor every Spark path pays;
-    - ``in_process``: no Spark, ``hybrid.score.predict_proba`` on the same rows in this process, with
+    - ``in_process``: no Spark, ``hybrid.models.predict.predict_proba`` on the same rows in this process, with
       torch using as many threads as Spark has cores; ``in_process_1t`` the same on one thread (on a
       busy machine, torch's intra-op threads wait on each other and one thread can be faster; Spark
       runs one single-threaded task per core).
@@ -169,13 +169,13 @@ def via_predict_batch_udf(df: DataFrame, model_dir: Path, shipped: ShippedModel,
     ref = shipped.ref
 
     def make_predict_fn() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-        from hybrid.score import predict_proba, worker_model
+        from hybrid.score import worker_model
 
         loaded = worker_model(ref)
 
         def predict(x: np.ndarray) -> dict[str, np.ndarray]:
-            pred, proba = predict_proba(loaded.model, x, mean=loaded.mean, std=loaded.std, batch_size=batch_size)
-            return {"prediction": pred, "probability": proba}
+            out = loaded.predict({"pixels": x}, batch_size)
+            return {"prediction": out["prediction"], "probability": np.stack(out["probability"])}
 
         return predict
 
@@ -214,7 +214,7 @@ def via_map_in_pandas(df: DataFrame, model_dir: Path, shipped: ShippedModel, bat
     def run(frames):  # Iterator[pd.DataFrame] -> Iterator[pd.DataFrame]
         import pandas as pd
 
-        from hybrid.score import predict_proba, worker_model
+        from hybrid.score import worker_model
 
         loaded = worker_model(ref)
         for pdf in frames:
@@ -223,8 +223,8 @@ def via_map_in_pandas(df: DataFrame, model_dir: Path, shipped: ShippedModel, bat
             prediction = np.zeros(len(pdf), np.int32)
             probability = [None] * len(pdf)
             if len(rows):
-                x = np.stack(pdf["pixels"].to_numpy()[rows])
-                pred, proba = predict_proba(loaded.model, x, mean=loaded.mean, std=loaded.std, batch_size=batch_size)
+                out = loaded.predict({"pixels": pdf["pixels"].to_numpy()[rows]}, batch_size)
+                pred, proba = out["prediction"], out["probability"]
                 prediction[rows] = pred
                 for i, p in zip(rows, proba):
                     probability[i] = p
@@ -248,12 +248,11 @@ def via_row_udf(df: DataFrame, model_dir: Path, shipped: ShippedModel, batch_siz
     def one(pixels, error):
         if error is not None:
             return None
-        from hybrid.score import predict_proba, worker_model
+        from hybrid.score import worker_model
 
         loaded = worker_model(ref)
-        pred, proba = predict_proba(loaded.model, np.asarray(pixels)[None, :], mean=loaded.mean, std=loaded.std,
-                                    batch_size=1)
-        return int(pred[0]), proba[0].tolist()
+        out = loaded.predict({"pixels": np.asarray(pixels)[None, :]}, 1)
+        return int(out["prediction"][0]), np.asarray(out["probability"][0]).tolist()
 
     udf = F.udf(one, result, useArrow=False)
     error = pixel_reject_reason(F.col("pixels"), num_pixels=shipped.predictor.inputs[0].length)
@@ -282,8 +281,8 @@ SCORERS: dict[str, Callable[[Any, Path, Any, int], Any]] = {
 
 
 def in_process(model: Any, rows: list[np.ndarray], good: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
-    """Seconds for hybrid.score.predict_proba on the good rows in this process, and its predictions."""
-    from hybrid.score import predict_proba
+    """Seconds for hybrid.models.predict.predict_proba on the good rows in this process, and its predictions."""
+    from hybrid.models.predict import predict_proba
 
     x = np.stack([rows[i] for i in good])  # stacking is data preparation, not timed
     t0 = time.perf_counter()
