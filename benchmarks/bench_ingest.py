@@ -13,7 +13,7 @@ What is compared
       executor's heap, beside Spark's cached copy);
     - ``parquet``: :func:`hybrid.handoff.spark_to_ray`, hybrid's hand-off now: the executors write Parquet
       (row groups of ``min(128 MiB, heap / 8)``) to a temporary directory under ``--storage-dir``, which is
-      renamed into place, then ``ray.data.read_parquet`` reads the files in parallel;
+      renamed into place, then 0-CPU Ray tasks read the files in parallel (``hybrid.handoff.read_table``);
     - ``arrow_collect``: ``df._collect_as_arrow()`` (Arrow batches streamed to the driver), then
       ``ray.data.from_arrow``.
 
