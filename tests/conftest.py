@@ -49,7 +49,7 @@ def local_spark() -> Iterator[object]:
     """
     from pyspark.sql import SparkSession
 
-    from hybrid.runtime import JAVA_OPTIONS
+    from hybrid.testing import local_spark_builder
 
     if SparkSession.getActiveSession() is not None:
         yield SparkSession.getActiveSession()
@@ -57,17 +57,7 @@ def local_spark() -> Iterator[object]:
     saved = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "SPARK_LOCAL_IP")}
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("hybrid-tests-local")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.driver.extraJavaOptions", JAVA_OPTIONS)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .getOrCreate()
-    )
+    spark = local_spark_builder("hybrid-tests-local").config("spark.sql.shuffle.partitions", "2").getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     try:
         yield spark

@@ -16,22 +16,12 @@ EXIT_HYBRID_ERROR = 3
 
 
 def main(argv: list[str]) -> int:
-    from pyspark.sql import SparkSession
-
     from hybrid.errors import HybridError
-    from hybrid.runtime import JAVA_OPTIONS
     from hybrid.score import score
+    from hybrid.testing import local_spark_builder
 
     model_dir, input_path, output_path, *settings = argv
-    builder = (
-        SparkSession.builder.master("local[2]")
-        .appName("hybrid-test-plain-spark")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.driver.extraJavaOptions", JAVA_OPTIONS)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-    )
+    builder = local_spark_builder("hybrid-test-plain-spark")
     for setting in settings:
         key, value = setting.split("=", 1)
         builder = builder.config(key, value)

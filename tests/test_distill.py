@@ -129,15 +129,10 @@ def test_teacher_outputs_join_the_rows_and_keep_their_arrow_columns(tmp_path) ->
 
     from hybrid.artifacts import save_model
     from hybrid.distill import _TeacherLogits
-    from hybrid.models import collate_fn, create_model, get_family, model_config
-    from hybrid.testing import minilm_dir
+    from hybrid.models import collate_fn, get_family
+    from hybrid.testing import tiny_span_model
 
-    if minilm_dir() is None:
-        pytest.skip("all-MiniLM-L6-v2 not installed (scripts/setup.sh)")
-    config = model_config("bert_qa", {"pretrained_dir": str(minilm_dir()), "num_layers": 1, "max_length": 32,
-                                      "doc_stride": 8, "dropout": 0.0})
-    torch.manual_seed(0)
-    teacher = create_model("bert_qa", config=config).eval()
+    teacher, config = tiny_span_model()
     save_model(tmp_path / "t", teacher, family="bert_qa", config=config)
     context = ("The harbour museum keeps three wooden boats and the logbooks of the ferry that crossed the bay "
                "every morning from 1890 until the bridge opened in 1961, when the service ended for good.")

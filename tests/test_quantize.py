@@ -314,15 +314,10 @@ def test_a_span_model_quantizes_with_windows_of_different_lengths_per_batch() ->
     """A span head's batches differ in window length: measured batch by batch, gated on the task's F1."""
     import numpy as np
 
-    from hybrid.models import collate_fn, create_model, get_family, model_config
-    from hybrid.testing import minilm_dir
+    from hybrid.models import collate_fn, get_family
+    from hybrid.testing import tiny_span_model
 
-    if minilm_dir() is None:
-        pytest.skip("all-MiniLM-L6-v2 not installed (scripts/setup.sh)")
-    config = model_config("bert_qa", {"pretrained_dir": str(minilm_dir()), "num_layers": 1, "max_length": 32,
-                                      "doc_stride": 8, "dropout": 0.0})
-    torch.manual_seed(0)
-    model = create_model("bert_qa", config=config).eval()
+    model, config = tiny_span_model()
     family, collate = get_family("bert_qa"), collate_fn("bert_qa", config)
     long = "The ferry crossed the bay every morning from 1890 until the bridge opened in 1961, ending it."
 
