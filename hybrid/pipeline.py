@@ -415,8 +415,13 @@ def _stage_score(ctx: _Run) -> dict[str, Any]:
     else:
         source = Path(str(config.data.test_path))
     output = ctx.run_dir / "scores.parquet"
+    layout = {}
+    if config.data.modality == "images" and config.data.source in ("parquet", "csv"):
+        # the test table as ingest read it: the same pixel columns, in the same order
+        layout = {"feature_columns": config.data.feature_columns, "pixel_prefix": config.data.pixel_prefix,
+                  "input_format": config.data.source}
     result = score_to_parquet(ctx.spark(), source.resolve(), model_dir.resolve(), output.resolve(),
-                              batch_size=config.score.batch_size, mode="overwrite")
+                              batch_size=config.score.batch_size, mode="overwrite", **layout)
     stage = {"tune": "tune", "student": "distill", "student_int8": "quantize"}.get(name, "tune")
     test = ctx.results.get(stage, {}).get("models", {}).get(name, {}).get("test", {})
     in_process = {metric: test.get(metric) for metric in result.metrics}
