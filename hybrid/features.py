@@ -56,7 +56,9 @@ class FeatureLayout:
         if self.kind == "vector":
             from pyspark.ml.functions import vector_to_array
 
-            return vector_to_array(quoted(self.columns[0]), dtype="float64")
+            vector = quoted(self.columns[0])
+            # vector_to_array fails the task on a null; a null array is the pixels_null rule's to report
+            return F.when(vector.isNotNull(), vector_to_array(vector, dtype="float64"))
         if self.kind == "columns":
             return F.array(*(quoted(c) for c in self.columns))
         return quoted(self.columns[0])

@@ -805,6 +805,14 @@ def score_to_parquet(
                        duration_s=duration)
 
 
+def data_layout(data: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`score_to_parquet` that read a table as ingest read ``data`` (a
+    :class:`~hybrid.config.DataConfig`): its pixel layout and, for a ``csv`` source, the CSV reader."""
+    if data.modality != "images" or data.source not in ("parquet", "csv"):
+        return {}
+    return {"feature_columns": data.feature_columns, "pixel_prefix": data.pixel_prefix, "input_format": data.source}
+
+
 def _metrics(scored: DataFrame, metrics: RowMetrics | None) -> dict[str, float | None]:
     """Each metric's mean over the scored rows whose gold value is not null, computed in Spark (None: no gold)."""
     if metrics is None:
