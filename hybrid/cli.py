@@ -36,12 +36,12 @@ def _score(args: argparse.Namespace) -> Any:
     config = load_config(args.config, args.set)
     _check_score_paths(args.input, args.model, args.output, overwrite=args.overwrite)
     from hybrid.runtime import running
-    from hybrid.score import score_to_parquet
+    from hybrid.score import data_layout, score_to_parquet
 
     with running(config.runtime) as runtime:
         result = score_to_parquet(
             runtime.spark, args.input, args.model, args.output, batch_size=config.score.batch_size,
-            mode="overwrite" if args.overwrite else "error",
+            mode="overwrite" if args.overwrite else "error", **data_layout(config.data),
         )
     rejected = sum(result.rejected.values())
     found = {name.replace("_", " "): value for name, value in result.metrics.items() if value is not None}

@@ -85,8 +85,9 @@ class DataConfig:
     """Where the labelled examples come from and how they are validated and split."""
 
     source: Literal["fashion_mnist", "parquet", "sentence_polarity", "csv", "squad"] = "fashion_mnist"
-    """``fashion_mnist``: the IDX files under ``path``; ``parquet``/``csv``: a user table (``pixels`` and ``label``
-    columns for images, ``text_column`` and ``label_column`` for text); ``sentence_polarity``: the rated movie-review
+    """``fashion_mnist``: the IDX files under ``path``; ``parquet``/``csv``: a user table (``label`` and the pixels,
+    ``pixels`` or as ``feature_columns`` / ``pixel_prefix`` say, for images; ``text_column`` and ``label_column`` for
+    text); ``sentence_polarity``: the rated movie-review
     sentences file; ``squad``: SQuAD v1.1/v2 JSON (question answering)."""
     modality: Literal["images", "text", "qa"] = "images"
     """What a row holds: an image, a text to classify, or a question with its context and answers."""
@@ -104,6 +105,14 @@ class DataConfig:
     """Text: tokens kept per row at tokenisation (the model's ``max_length`` may truncate further per batch)."""
     image_size: int = 28
     """Height and width of the square images; rows must hold ``image_size**2`` pixels."""
+    feature_columns: tuple[str, ...] = ()
+    """Images from ``parquet``/``csv``: the columns holding each row's pixels, in order: one numeric column per
+    pixel, or a single column holding an array of numbers or a ``pyspark.ml.linalg`` Vector (dense or sparse, as
+    ``VectorAssembler`` writes). Empty: the ``pixels`` column (an array or a Vector). See :mod:`hybrid.features`."""
+    pixel_prefix: str | None = None
+    """Images from ``parquet``/``csv``: every column named this prefix followed by a number holds one pixel, in
+    numeric order (``pixel2`` before ``pixel10``), as in ``label,pixel0,...,pixel783`` CSV files. Set at most one
+    of ``feature_columns`` and ``pixel_prefix``."""
     num_classes: int = 10
     """Labels must be integers in ``[0, num_classes)``."""
     label_names: tuple[str, ...] = ()
@@ -151,9 +160,33 @@ class DataConfig:
             expected is None or self.modality == expected,
             f"modality must be {expected!r} for source={self.source!r}, but got {self.modality!r}",
         )
+        self._check_feature_keys()
+
+    def _check_feature_keys(self) -> None:
+        """``feature_columns`` and ``pixel_prefix``: at most one, for image tables only, well formed."""
+        chosen = [key for key in ("feature_columns", "pixel_prefix") if getattr(self, key) not in ((), None)]
         require(
-            self.source != "csv" or self.modality != "images",
-            "source='csv' holds text (modality 'text' or 'qa'); store images as Parquet",
+            len(chosen) < 2,
+            f"feature_columns and data.pixel_prefix each choose the feature columns, so at most one may be set, but "
+            f"got feature_columns={list(self.feature_columns)} and pixel_prefix={self.pixel_prefix!r}",
+        )
+        for key in chosen:
+            require(self.modality == "images",
+                    f"{key} names the pixel columns of image tables (modality 'images'), but modality is "
+                    f"{self.modality!r}; remove it")
+            require(self.source in ("parquet", "csv"),
+                    f"{key} names columns of a user table (source 'parquet' or 'csv'), but source is {self.source!r}, "
+                    "which has no such columns; remove it")
+        require(self.pixel_prefix != "", "pixel_prefix must be a non-empty column-name prefix such as 'pixel', but "
+                                         "got ''")
+        for i, name in enumerate(self.feature_columns):
+            require(bool(name), f"feature_columns[{i}] must be a column name, but got {name!r}")
+        twice = sorted({n for n in self.feature_columns if self.feature_columns.count(n) > 1})
+        require(not twice, f"feature_columns must name each column once, but got {twice} more than once")
+        require(
+            self.source != "csv" or self.modality != "images" or bool(chosen),
+            "source='csv' with modality 'images' needs pixel_prefix (e.g. 'pixel' for label,pixel0,...,pixel783) or "
+            "feature_columns, because a CSV cell cannot hold an array, but got neither",
         )
 
 

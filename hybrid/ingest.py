@@ -26,9 +26,15 @@ from hybrid.sources import read_image_tables
 if TYPE_CHECKING:
     import ray.data
 
+    from hybrid.features import FeatureLayout
+
 log = logging.getLogger(__name__)
 
 PIXELS, LABEL, REASON, TABLE = "pixels", "label", "reason", "table"
+REASON_COLUMN = "reason_column"
+"""Images: the quarantine table's column naming the user's column that broke the rule (``label``, the array or
+Vector column, or the first bad pixel column, e.g. ``pixel5``)."""
+LABEL_REASONS = ("label_null", "label_not_integer", "label_out_of_range")
 QUARANTINE_TABLE = "quarantine.parquet"
 """Rejected rows of every table, with their ``reason`` and ``table``, under the run directory."""
 TEST_TABLE = "test.parquet"
@@ -112,25 +118,59 @@ class IngestResult:
         }
 
 
-def check_schema(df: DataFrame, *, table: str) -> None:
-    """Fail with the column, the rule and the type found when ``df`` cannot be an image table.
+def check_schema(df: DataFrame, *, table: str, config: DataConfig | None = None) -> FeatureLayout:
+    """Fail with the column (or the config key), the rule and the type found when ``df`` cannot be an image table.
+
+    Returns:
+        Where ``df`` holds the pixels (``config``'s ``feature_columns`` / ``pixel_prefix``, else ``pixels``).
 
     Raises:
-        DataError: If ``pixels`` is not an array of numbers or ``label`` is not a number.
+        DataError: If ``pixels`` is not an array of numbers or a Vector, or ``label`` is not a number.
+        ConfigError: If ``data.feature_columns`` / ``data.pixel_prefix`` do not fit the table
+            (see :func:`hybrid.features.resolve_layout`).
     """
+    from hybrid.features import resolve_layout
+
+    config = config or DataConfig(source="parquet")
+    layout = resolve_layout(df.schema, feature_columns=config.feature_columns, pixel_prefix=config.pixel_prefix,
+                            length=config.image_size**2, length_rule=f"data.image_size={config.image_size}",
+                            table=table)
     fields = {f.name: f.dataType for f in df.schema.fields}
-    for name in (PIXELS, LABEL):
-        if name not in fields:
-            raise DataError(f"table '{table}': column '{name}' is required, but the columns are {sorted(fields)}")
-    pixels = fields[PIXELS]
-    if not isinstance(pixels, T.ArrayType) or not isinstance(pixels.elementType, _NUMERIC):
-        raise DataError(
-            f"table '{table}': column '{PIXELS}' must be an array of numbers, but has type {pixels.simpleString()}"
-        )
+    if LABEL not in fields:
+        raise DataError(f"table '{table}': column '{LABEL}' is required, but the columns are {sorted(fields)}")
     if not isinstance(fields[LABEL], _NUMERIC):
         raise DataError(
             f"table '{table}': column '{LABEL}' must be a number, but has type {fields[LABEL].simpleString()}"
         )
+    return layout
+
+
+def tag_images(df: DataFrame, config: DataConfig, *, table: str) -> DataFrame:
+    """``df`` in ingest's shape, tagged: ``pixels`` (the features as one array, whatever their layout: see
+    :mod:`hybrid.features`), ``label``, the user's other columns (a name ingest uses kept as ``source_<name>``;
+    the feature columns themselves are in ``pixels``), then ``reason`` (the first rule broken, or null) and
+    ``reason_column`` (the user's column that broke it).
+
+    Lazy: the layout is read from the schema on the driver, so a wrong key fails before any Spark job.
+
+    Raises:
+        ConfigError: If ``data.feature_columns`` / ``data.pixel_prefix`` do not fit the table
+            (see :func:`hybrid.features.resolve_layout`).
+        DataError: If ``label`` is missing or not a number.
+    """
+    num_pixels = config.image_size**2
+    layout = check_schema(df, table=table, config=config)
+    used, taken = {*layout.columns, LABEL}, {PIXELS, LABEL, REASON, TABLE, REASON_COLUMN}
+    shaped = df.select(
+        layout.pixels().alias(PIXELS), column(LABEL).alias(LABEL),
+        *[column(c).alias(f"source_{c}" if c in taken else c) for c in df.columns if c not in used],
+    )
+    reason = reject_reason(shaped, num_pixels=num_pixels, num_classes=config.num_classes)
+    tagged = shaped.withColumn(REASON, reason)
+    rule = F.col(REASON)
+    culprit = (F.when(rule.isin(*LABEL_REASONS), F.lit(LABEL))
+               .when(rule.isNotNull(), layout.culprit(rule, pixels=F.col(PIXELS))))
+    return tagged.withColumn(REASON_COLUMN, culprit)
 
 
 def first_broken_rule(rules: list[tuple[str, Column]]) -> Column:
@@ -458,15 +498,9 @@ def ingest_images(spark: SparkSession, config: DataConfig, *, run_dir: Path) -> 
     durations: dict[str, float] = {}
     t0 = time.perf_counter()
     tables = read_image_tables(spark, config, work_dir=run_dir / "data")
-    num_pixels = config.image_size**2
-    tagged: dict[str, DataFrame] = {}
-    for name, df in (("train", tables.train), ("test", tables.test)):
-        if df is None:
-            continue
-        check_schema(df, table=name)
-        df = with_core_columns(df, [(PIXELS, PIXELS), (LABEL, LABEL)])
-        reason = reject_reason(df, num_pixels=num_pixels, num_classes=config.num_classes)
-        tagged[name] = df.withColumn(REASON, reason).persist()
+    tagged = {name: tag_images(df, config, table=name)  # every table's layout checked before any job
+              for name, df in (("train", tables.train), ("test", tables.test)) if df is not None}
+    tagged = {name: df.persist() for name, df in tagged.items()}
     rows_in, quarantined, quarantine_path = quarantine(tagged, REASONS, run_dir)
     clean = {name: df.where(F.col(REASON).isNull()).select(PIXELS, LABEL) for name, df in tagged.items()}
     durations["validate"] = time.perf_counter() - t0

@@ -403,7 +403,7 @@ def shipped_model(run_dir: Path, config: Config, results: dict[str, dict[str, An
 
 def _stage_score(ctx: _Run) -> dict[str, Any]:
     from hybrid.ingest import TEST_TABLE
-    from hybrid.score import score_to_parquet
+    from hybrid.score import data_layout, score_to_parquet
 
     config = ctx.config
     name, model_dir = shipped_model(ctx.run_dir, config, ctx.results)
@@ -415,8 +415,9 @@ def _stage_score(ctx: _Run) -> dict[str, Any]:
     else:
         source = Path(str(config.data.test_path))
     output = ctx.run_dir / "scores.parquet"
+    # the test table as ingest read it: the same pixel columns, in the same order
     result = score_to_parquet(ctx.spark(), source.resolve(), model_dir.resolve(), output.resolve(),
-                              batch_size=config.score.batch_size, mode="overwrite")
+                              batch_size=config.score.batch_size, mode="overwrite", **data_layout(config.data))
     stage = {"tune": "tune", "student": "distill", "student_int8": "quantize"}.get(name, "tune")
     test = ctx.results.get(stage, {}).get("models", {}).get(name, {}).get("test", {})
     in_process = {metric: test.get(metric) for metric in result.metrics}

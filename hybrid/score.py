@@ -2,7 +2,8 @@
 
 What a row holds, the rules it is checked against, the columns added and the prediction itself are the
 model family's (:class:`hybrid.models.predict.Predictor`, from ``ModelFamily.predictor``); this module
-only runs them in Spark. Image models read ``pixels`` (an array of numbers); text classifiers read
+only runs them in Spark. Image models read ``pixels`` (an array of numbers; or a Vector column, or one column
+per pixel, turned into that array by :mod:`hybrid.features` exactly as ingest does); text classifiers read
 ``text`` (a string; the model directory carries its tokenizer, and rules ``text_null`` and
 ``text_empty`` take the place of the pixel rules; each Python worker tokenises its rows, orders them
 by length and pads each batch to its own longest row); span (question answering) models read
@@ -257,10 +258,40 @@ class ShippedModel:
 
     def check_columns(self, df: DataFrame, columns: Sequence[str]) -> None:
         """Fail on the driver unless ``df`` has each input column (in order), of the type this model reads."""
+        self.input_columns(df, columns)
+
+    def input_columns(
+        self, df: DataFrame, columns: Sequence[str], *, feature_columns: Sequence[str] = (),
+        pixel_prefix: str | None = None,
+    ) -> list[Column]:
+        """The model's inputs as columns of ``df``, checked on the driver: an image input in any layout of
+        :mod:`hybrid.features` (``columns`` names its default column: an array or a Vector), turned into the
+        pixel array by the same function as ingest's.
+
+        Raises:
+            ConfigError: If ``feature_columns`` / ``pixel_prefix`` are given for a model without an image input, or
+                do not fit ``df`` (see :func:`hybrid.features.resolve_layout`).
+            DataError: If an input column is missing or of another type.
+        """
+        from hybrid.features import resolve_layout
+
+        if (feature_columns or pixel_prefix is not None) and not any(s.kind == "pixels" for s in self.predictor.inputs):
+            raise ConfigError(f"feature_columns and pixel_prefix choose an image model's pixel columns, but a "
+                              f"{self.family} model reads {list(self.input_names)}")
         reads = f" (a {self.family} model reads {', '.join(repr(n) for n in self.input_names)})"
+        out = []
         for spec, name in zip(self.predictor.inputs, columns):
-            _input_type(df, name, reads=reads)
-            (check_pixels_column if spec.kind == "pixels" else check_text_column)(df, name)
+            if spec.kind == "pixels":
+                if not feature_columns and pixel_prefix is None:
+                    _input_type(df, name, reads=reads)
+                layout = resolve_layout(df.schema, feature_columns=feature_columns, pixel_prefix=pixel_prefix,
+                                        default=name, length=spec.length, length_rule="the model",
+                                        key_prefix="", table="to score")
+                out.append(layout.pixels())
+            else:
+                check_text_column(df, name)
+                out.append(F.col(f"`{name}`"))
+        return out
 
 
 _STAGE_LOCK = threading.Lock()
@@ -547,6 +578,8 @@ def score(
     *,
     input_col: str | None = None,
     input_cols: Mapping[str, str] | None = None,
+    feature_columns: Sequence[str] = (),
+    pixel_prefix: str | None = None,
     batch_size: int = 256,
     prediction_col: str = PREDICTION,
     probability_col: str = PROBABILITY,
@@ -566,6 +599,11 @@ def score(
         input_col: The column of a one-input model (image: default ``pixels``; text: ``text``).
         input_cols: Columns by input name for any model, e.g. ``{"question": "q", "context": "passage"}``;
             inputs not named keep their default column.
+        feature_columns: An image model's pixels as numeric columns, one per pixel, in order (or one Vector or
+            array column): the layouts and rules of ``data.feature_columns`` (:mod:`hybrid.features`). An image
+            column given by ``input_col`` may itself be a Vector (dense or sparse).
+        pixel_prefix: An image model's pixels as the columns named this prefix and a number, in numeric order
+            (``pixel0``... ``pixel783``), as ``data.pixel_prefix``.
         batch_size: Rows per forward pass (a span model: windows).
         prediction_col: Name of a classifier's int prediction column; ``<prediction_col>_label`` holds the name.
         probability_col: Name of a classifier's ``array<float>`` column of class probabilities (softmax).
@@ -580,15 +618,24 @@ def score(
         ArtifactError: If the model directory is incomplete or was changed (checked on the driver).
     """
     shipped = ship_model(df.sparkSession, model_dir, batch_size=batch_size)
-    columns = _input_columns(shipped, input_col, input_cols)
-    shipped.check_columns(df, columns)
+    columns = _input_columns(shipped, input_col, input_cols, feature_columns, pixel_prefix)
+    inputs = shipped.input_columns(df, columns, feature_columns=feature_columns, pixel_prefix=pixel_prefix)
     names = _output_names(shipped.predictor, prediction_col, probability_col, error_col)
     _check_output_names(df, names)
-    return _add_scores(df, shipped, columns, names)
+    return _add_scores(df, shipped, inputs, names)
 
 
-def _input_columns(shipped: ShippedModel, input_col: str | None, input_cols: Mapping[str, str] | None) -> list[str]:
+def _input_columns(
+    shipped: ShippedModel, input_col: str | None, input_cols: Mapping[str, str] | None,
+    feature_columns: Sequence[str] = (), pixel_prefix: str | None = None,
+) -> list[str]:
     names = shipped.input_names
+    if (feature_columns or pixel_prefix is not None) and (input_col is not None or input_cols):
+        raise ConfigError(
+            "input_col/input_cols and feature_columns/pixel_prefix each name the image column(s), so give one of "
+            f"them, but got input_col={input_col!r}, input_cols={dict(input_cols or {})}, "
+            f"feature_columns={list(feature_columns)}, pixel_prefix={pixel_prefix!r}"
+        )
     chosen = dict(input_cols or {})
     if input_col is not None:
         if len(names) != 1:
@@ -630,9 +677,9 @@ def _check_output_names(df: DataFrame, names: Mapping[str, str]) -> None:
         )
 
 
-def _add_scores(df: DataFrame, shipped: ShippedModel, columns: Sequence[str], names: Mapping[str, str]) -> DataFrame:
+def _add_scores(df: DataFrame, shipped: ShippedModel, inputs: Sequence[Column], names: Mapping[str, str]) -> DataFrame:
     tmp = "__hybrid_score"
-    out = df.withColumn(tmp, _scorer(shipped)(*(F.col(f"`{c}`") for c in columns)))
+    out = df.withColumn(tmp, _scorer(shipped)(*inputs))
     return out.withColumns({name: F.col(tmp)[field] for field, name in names.items()}).drop(tmp)
 
 
@@ -685,10 +732,13 @@ def score_to_parquet(
     *,
     input_col: str | None = None,
     input_cols: Mapping[str, str] | None = None,
+    feature_columns: Sequence[str] = (),
+    pixel_prefix: str | None = None,
+    input_format: Literal["parquet", "csv"] = "parquet",
     batch_size: int = 256,
     mode: Literal["error", "overwrite"] = "error",
 ) -> ScoreResult:
-    """Read a Parquet table, :func:`score` it and write every row, scored or flagged, to Parquet.
+    """Read a Parquet table (or an image CSV), :func:`score` it and write every row, scored or flagged, to Parquet.
 
     Args:
         spark: The session to run on (plain Spark or Spark on Ray).
@@ -698,6 +748,11 @@ def score_to_parquet(
         output_path: Where the scored table goes.
         input_col: See :func:`score`.
         input_cols: See :func:`score`.
+        feature_columns: See :func:`score`.
+        pixel_prefix: See :func:`score`.
+        input_format: ``parquet``, or ``csv`` for an image table with one column per pixel, read as
+            :func:`hybrid.sources.tables.read_image_csv` reads it for ingest (needs ``feature_columns`` or
+            ``pixel_prefix``).
         batch_size: Rows per forward pass (a span model: windows).
         mode: ``error`` refuses an existing ``output_path``; ``overwrite`` replaces it.
 
@@ -710,15 +765,26 @@ def score_to_parquet(
     """
     if mode not in ("error", "overwrite"):
         raise ConfigError(f"mode must be 'error' or 'overwrite', but got {mode!r}")
+    if input_format not in ("parquet", "csv"):
+        raise ConfigError(f"input_format must be 'parquet' or 'csv', but got {input_format!r}")
     output_path = str(Path(output_path).resolve())
     t0 = time.perf_counter()
     shipped = ship_model(spark, model_dir, batch_size=batch_size)  # before reading: a bad model runs no job
-    df = spark.read.parquet(str(input_path))
-    columns = _input_columns(shipped, input_col, input_cols)
-    shipped.check_columns(df, columns)
+    columns = _input_columns(shipped, input_col, input_cols, feature_columns, pixel_prefix)
+    if input_format == "csv":
+        from hybrid.sources.tables import read_image_csv
+
+        if not feature_columns and pixel_prefix is None:
+            raise ConfigError("input_format='csv' reads an image table with one column per pixel, so feature_columns "
+                              "or pixel_prefix must name them (a CSV cell cannot hold an array), but got neither")
+        df = read_image_csv(spark, str(input_path), feature_columns=feature_columns, pixel_prefix=pixel_prefix,
+                            key="input_path", key_prefix="")
+    else:
+        df = spark.read.parquet(str(input_path))
+    inputs = shipped.input_columns(df, columns, feature_columns=feature_columns, pixel_prefix=pixel_prefix)
     names = _output_names(shipped.predictor, PREDICTION, PROBABILITY, ERROR)
     _check_output_names(df, names)
-    _add_scores(df, shipped, columns, names).write.mode(mode).parquet(output_path)
+    _add_scores(df, shipped, inputs, names).write.mode(mode).parquet(output_path)
     duration = time.perf_counter() - t0
 
     out = spark.read.parquet(output_path)
@@ -737,6 +803,14 @@ def score_to_parquet(
     metrics = _metrics(out.filter(F.col(ERROR).isNull()), shipped.predictor.metrics)
     return ScoreResult(output_path=output_path, rows=rows, scored=scored, rejected=rejected, metrics=metrics,
                        duration_s=duration)
+
+
+def data_layout(data: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`score_to_parquet` that read a table as ingest read ``data`` (a
+    :class:`~hybrid.config.DataConfig`): its pixel layout and, for a ``csv`` source, the CSV reader."""
+    if data.modality != "images" or data.source not in ("parquet", "csv"):
+        return {}
+    return {"feature_columns": data.feature_columns, "pixel_prefix": data.pixel_prefix, "input_format": data.source}
 
 
 def _metrics(scored: DataFrame, metrics: RowMetrics | None) -> dict[str, float | None]:

@@ -38,6 +38,8 @@ def _from(stage: str) -> list[str]:
     [
         ("data", {"val_fraction": 0.2}, "ingest"),
         ("data", {"seed": 3}, "ingest"),
+        ("data", {"pixel_prefix": "pixel"}, "ingest"),  # another layout of the same file: other pixels
+        ("data", {"feature_columns": ["features"]}, "ingest"),
         ("model", {"base_channels": 8}, "tune"),
         ("train", {"lr": 0.01}, "tune"),
         ("tune", {"num_samples": 3}, "tune"),

@@ -1,4 +1,5 @@
-"""Image tables as Spark DataFrames: Fashion-MNIST from its IDX files, or any user Parquet table."""
+"""Image tables as Spark DataFrames: Fashion-MNIST from its IDX files, or a user's Parquet or CSV table (the pixels
+in any layout of :mod:`hybrid.features`; ingest turns them into one array column)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pyarrow as pa
 
 from hybrid.config import DataConfig
 from hybrid.sources.idx import FASHION_MNIST_LABELS, read_fashion_mnist
-from hybrid.sources.tables import read_user_table, write_parquet
+from hybrid.sources.tables import read_image_csv, read_user_table, write_parquet
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -46,7 +47,7 @@ def images_to_parquet(images: np.ndarray, labels: np.ndarray, path: str | Path, 
 def read_image_tables(spark: SparkSession, config: DataConfig, *, work_dir: str | Path) -> ImageTables:
     """Read the training and test tables that ``config`` names, as raw Spark DataFrames (every column kept).
 
-    A ``parquet`` source without ``data.test_path`` has no test table (``test`` is None).
+    A ``parquet`` or ``csv`` source without ``data.test_path`` has no test table (``test`` is None).
 
     Args:
         spark: Session to read with.
@@ -66,10 +67,17 @@ def read_image_tables(spark: SparkSession, config: DataConfig, *, work_dir: str 
         train, test = (spark.read.parquet(str(Path(p).resolve())) for p in (paths["train"], paths["test"]))
         names = config.label_names or FASHION_MNIST_LABELS
     else:
-        train = read_user_table(spark, config.path, source="parquet")
         test = None
+        if config.source == "csv":
+            def read(path: str, key: str) -> DataFrame:
+                return read_image_csv(spark, path, feature_columns=config.feature_columns,
+                                      pixel_prefix=config.pixel_prefix, key=key)
+        else:
+            def read(path: str, key: str) -> DataFrame:
+                return read_user_table(spark, path, source="parquet", key=key)
+        train = read(config.path, "data.path")
         if config.test_path is not None:
-            test = read_user_table(spark, config.test_path, source="parquet", key="data.test_path")
+            test = read(config.test_path, "data.test_path")
         names = config.label_names or tuple(str(i) for i in range(config.num_classes))
         if config.max_train_rows is not None:
             train = train.limit(config.max_train_rows)
