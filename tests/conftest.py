@@ -62,12 +62,30 @@ def local_spark() -> Iterator[object]:
     try:
         yield spark
     finally:
-        spark.stop()
+        _stop_with_its_jvm(spark)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _stop_with_its_jvm(spark: object) -> None:
+    """Stop a plain local session and the JVM pyspark launched for it: that JVM's classpath has no RayDP, so
+    Spark on Ray started later in this process (the ``runtime`` fixture) must launch a JVM of its own."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    spark.stop()  # type: ignore[attr-defined]
+    if gateway is None:
+        return
+    gateway.shutdown()
+    proc = getattr(gateway, "proc", None)
+    if proc is not None:
+        proc.stdin.close()  # Spark's gateway server exits when its parent's pipe closes
+        proc.wait(timeout=60)
+    SparkContext._gateway = None
+    SparkContext._jvm = None
 
 
 @pytest.fixture(scope="session")
