@@ -289,6 +289,7 @@ class ShippedModel:
                                         key_prefix="", table="to score")
                 out.append(layout.pixels())
             else:
+                _input_type(df, name, reads=reads)  # a missing column: name the model and what it reads
                 check_text_column(df, name)
                 out.append(F.col(f"`{name}`"))
         return out
