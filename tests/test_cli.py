@@ -113,7 +113,8 @@ def test_pareto_config_searches_int8_students_and_ships_the_chosen_one(tmp_path)
     args = [
         "--set", "name=pareto", "--set", f"runs_dir={tmp_path}",
         "--set", "data.max_train_rows=1500", "--set", "data.max_test_rows=300",
-        "--set", "tune.num_samples=2", "--set", "train.max_epochs=1", "--set", "tune.n_startup_trials=2",
+        # 2 tune epochs: the tune space's warmup_epochs reaches 1.0, which needs max_epochs > 1
+        "--set", "tune.num_samples=2", "--set", "train.max_epochs=2", "--set", "tune.n_startup_trials=2",
         "--set", "tune.time_budget_s=null", "--set", "distill.max_epochs=1",
         "--set", "compression.num_samples=2", "--set", "compression.n_startup_trials=2",
         "--set", "compression.time_budget_s=null",
