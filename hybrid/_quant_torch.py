@@ -160,7 +160,21 @@ def load_bytes(payload: bytes) -> torch.export.ExportedProgram:
         UnsafeArchiveError: If the archive holds anything that loading would unpickle.
     """
     check_no_pickle(payload)
+    _register_quant_ops()
     return torch.export.load(io.BytesIO(payload))
+
+
+def _register_quant_ops() -> None:
+    """Register the ``quantized_decomposed`` operators an int8 program calls: torchao defines them on import,
+    and a process that never quantized (a scorer, a test reading a saved model) has not imported it, so
+    ``torch.export.load`` could not resolve them ("We failed to resolve torch.ops.quantized_decomposed...")."""
+    try:
+        with quiet():
+            import torchao.quantization.pt2e  # noqa: F401 - imported for its operator registrations
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"loading a torch int8 model needs torchao ({err}); install it with `pip install torchao`"
+        ) from None
 
 
 def check_no_pickle(payload: bytes) -> None:

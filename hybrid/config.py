@@ -375,7 +375,7 @@ class Config:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     """int8 post-training quantization and its accuracy gate."""
     compression: CompressionConfig = field(default_factory=CompressionConfig)
-    """Which compressed candidate ships when ``tune.objectives`` has several objectives."""
+    """The compression search (students and their int8 settings, scored after int8) and which candidate ships."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Spark batch scoring."""
 
@@ -405,11 +405,22 @@ class Config:
                 f"tune.objectives[{i}] must be one of {list(family.metrics)} or a candidate metric "
                 f"{list(get_args(CandidateMetric))} for model.name={self.model_name!r}, but got {objective.metric!r}",
             )
+        if self.compression.searching:
+            headline = f"val_{family.headline}"
+            for i, objective in enumerate(self.compression.objectives):
+                require(not objective.metric.startswith("val_") or objective.metric == headline,
+                        f"compression.objectives[{i}]: the validation metric of a candidate is its int8 model's "
+                        f"{headline} for model.name={self.model_name!r}, but got {objective.metric!r}")
+        objectives = self.selection_objectives()
         if self.compression.select is not None:
-            self.compression.rule(self.tune.resolved_objectives[0]).check(
-                self.tune.resolved_objectives, key="compression.select"
-            )
+            self.compression.rule(objectives[0]).check(objectives, key="compression.select")
         self.student_preview()  # a typo in distill.student fails now, not after the whole tune
+
+    def selection_objectives(self) -> tuple[Objective, ...]:
+        """The objectives ``compression.select`` picks by: the compression search's, or else ``tune``'s."""
+        if self.compression.searching:
+            return self.compression.resolved_objectives(get_family(self.model_name).headline)
+        return self.tune.resolved_objectives
 
     def student_preview(self) -> Any:
         """The model config with ``distill.student`` applied: the student's keys and values, checked.
@@ -557,12 +568,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     raw = {} if raw is None else _sections(raw)  # None: an empty file, all defaults
     config = config_from_dict(apply_overrides(raw, overrides))
     space = Path(config.tune.search_space)
-    if not space.is_absolute() and not space.exists():
-        for base in (path.parent, path.parent.parent):
-            if (base / space).exists():
-                space = base / space
-                break
-    config = dataclasses.replace(config, tune=dataclasses.replace(config.tune, search_space=str(space)))
+    config = dataclasses.replace(config, tune=dataclasses.replace(config.tune, search_space=_resolve(space, path)))
+    if config.compression.search_space is not None:
+        found = _resolve(Path(config.compression.search_space), path)
+        config = dataclasses.replace(config, compression=dataclasses.replace(config.compression, search_space=found))
     pretrained = getattr(config.model, "pretrained_dir", None)
     if pretrained and not Path(pretrained).is_absolute():
         # Ray workers run in other working directories: pin the model directory now.
@@ -570,6 +579,15 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
             config, model=dataclasses.replace(config.model, pretrained_dir=str(Path(pretrained).resolve()))
         )
     return config
+
+
+def _resolve(space: Path, config_path: Path) -> str:
+    """A search space path as given, or else found beside the config file (or one directory up)."""
+    if not space.is_absolute() and not space.exists():
+        for base in (config_path.parent, config_path.parent.parent):
+            if (base / space).exists():
+                return str(base / space)
+    return str(space)
 
 
 def check_before_start(config: Config, *, need_search_space: bool = True) -> None:
@@ -595,24 +613,36 @@ def check_before_start(config: Config, *, need_search_space: bool = True) -> Non
         from hybrid.search_space import check_search_space, load_search_space  # that module imports this one
 
         check_search_space(load_search_space(config.tune.search_space), config)
+    if config.compression.search_space is not None:
+        from hybrid.search_space import check_compression_space, load_search_space
+
+        check_compression_space(load_search_space(config.compression.search_space, key="compression.search_space"),
+                                config)
 
 
 def check_wired(config: Config) -> None:
     """Refuse what the config can express but a run does not do yet, rather than ignore it silently.
 
     Several ``tune.objectives`` are run (a multi-objective Optuna study; ASHA stops on ``tune.metric``; the
-    summary records the trials' Pareto front). ``compression.select`` is read and checked, but it picks among
-    compressed candidates, and no compression search makes several yet (issue 11): the teacher is the best
-    trial on ``tune.metric`` and the shipped model follows from it.
+    summary records the trials' Pareto front). ``compression.select`` picks among compressed candidates, so it
+    is applied only with a compression search (``compression.search_space``, :mod:`hybrid.compress`); without
+    one the teacher is the best trial on ``tune.metric`` and the shipped model follows from it.
 
     Raises:
         ConfigError: Naming the key that a run would ignore.
     """
     require(
-        config.compression.select is None,
-        "compression.select is not applied by the pipeline yet: it picks among compressed candidates, and no "
-        "compression search makes several yet (the teacher is the best trial on tune.metric; tune.objectives "
-        f"give the trials' Pareto front in summary.json), but got {show(config.compression.select)}; remove it",
+        config.compression.select is None or config.compression.searching,
+        "compression.select picks among compressed candidates, which only a compression search makes "
+        "(compression.search_space; the teacher is the best trial on tune.metric and tune.objectives only give "
+        f"the trials' Pareto front in summary.json), but got {show(config.compression.select)} with "
+        "compression.search_space null; set compression.search_space or remove compression.select",
+    )
+    family = get_family(config.model_name)
+    require(
+        not config.compression.searching or family.make_student is not None,
+        f"compression.search_space is set, but model.name={config.model_name!r} has no student to search "
+        "(its family has no make_student); remove compression.search_space",
     )
 
 
@@ -679,6 +709,8 @@ def check_paths(config: Config, *, need_search_space: bool = True) -> None:
         checks.append(("data.test_path", config.data.test_path))
     if need_search_space:
         checks.append(("tune.search_space", config.tune.search_space))
+    if config.compression.search_space is not None:
+        checks.append(("compression.search_space", config.compression.search_space))
     if getattr(config.model, "pretrained_dir", None):
         checks.append(("model.pretrained_dir", config.model.pretrained_dir))
     for key, value in checks:

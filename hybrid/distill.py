@@ -31,7 +31,7 @@ from hybrid.models.losses import distillation_loss
 from hybrid.models.tasks import TEACHER_LOGITS
 
 __all__ = ["TEACHER_LOGITS", "DistillConfig", "DistillResult", "add_teacher_logits", "distill", "distillation_loss",
-           "student_config"]
+           "student_config", "student_train_config"]
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -149,6 +149,16 @@ def student_config(
     return model_config(family, {**params, **overrides})
 
 
+def student_train_config(teacher_meta: dict[str, Any], config: Config) -> Any:
+    """The student's training settings: ``config.train`` with the teacher's tuned ``train.*`` values (from its
+    ``model.json``) and ``distill.max_epochs``."""
+    tuned = {k.split(".", 1)[1]: v for k, v in teacher_meta.get("params", {}).items() if k.startswith("train.")}
+    train_cfg = dataclasses.replace(config.train, **tuned)
+    if config.distill.max_epochs is not None:
+        train_cfg = dataclasses.replace(train_cfg, max_epochs=config.distill.max_epochs)
+    return train_cfg
+
+
 @dataclass
 class DistillResult:
     """What the distill stage produced: the student's best checkpoint and how it was trained."""
@@ -197,10 +207,7 @@ def distill(
     family = teacher["family"]
     student = student_config(family, teacher["config"], config.distill.student,
                              width_multiplier=config.distill.width_multiplier, teacher_dir=teacher_dir)
-    tuned = {k.split(".", 1)[1]: v for k, v in teacher.get("params", {}).items() if k.startswith("train.")}
-    train_cfg = dataclasses.replace(config.train, **tuned)
-    if config.distill.max_epochs is not None:
-        train_cfg = dataclasses.replace(train_cfg, max_epochs=config.distill.max_epochs)
+    train_cfg = student_train_config(teacher, config)
     check_trainable({"train": train_rows}, batch_size=train_cfg.batch_size, num_workers=train_cfg.num_workers,
                     grad_accum_steps=train_cfg.grad_accum_steps)
     # One student, nothing beside it: give its workers the free CPUs of one node rather than a trial's share.

@@ -27,7 +27,7 @@ STAGE_ORDER: tuple[str, ...] = ("ingest", "tune", "distill", "quantize", "score"
 READS: dict[str, tuple[str, ...]] = {
     "ingest": ("data", "model.pretrained_dir"),
     "tune": ("model", "train", "tune"),
-    "distill": ("distill", "train", "tune.metric"),
+    "distill": ("distill", "train", "tune.metric", "compression"),
     "quantize": ("quantize",),
     "score": ("score",),
 }
@@ -165,6 +165,8 @@ def input_files(config: Any) -> dict[str, str]:
     files = {"data.path": config.data.path, "tune.search_space": config.tune.search_space}
     if config.data.test_path is not None:
         files["data.test_path"] = config.data.test_path
+    if config.compression.search_space is not None:
+        files["compression.search_space"] = config.compression.search_space
     pretrained = getattr(config.model, "pretrained_dir", None)
     if pretrained:
         files["model.pretrained_dir"] = pretrained

@@ -457,17 +457,73 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """Which compressed candidate ships when the search has several objectives (``tune.objectives``)."""
+    """The compression search (issue 11) and which compressed candidate ships.
 
+    With ``search_space`` set, the distill stage becomes a search (:mod:`hybrid.compress`): Optuna proposes
+    students and their compression (``distill.*`` and ``quantize.*`` keys), each candidate is distilled,
+    quantized to int8 and scored after int8, and ``select`` picks the shipped one from the candidates' front.
+    """
+
+    search_space: str | None = None
+    """YAML file of Optuna distributions over ``distill.*`` (``width_multiplier``, ``alpha``, ``temperature``,
+    ``max_epochs``, ``student.<model field>``) and ``quantize.*`` keys (``backend``, ``mode``, ``per_channel``,
+    ``calibration_samples``...), in the format of ``tune.search_space``; relative paths: from the config file.
+    ``null``: no search; distill trains the one student of ``distill`` (as before)."""
+    num_samples: int = 8
+    """Candidates (each one student trained, quantized and measured)."""
+    objectives: tuple[Any, ...] = ()
+    """What the candidates are ranked on, all measured on the int8 model: ``val_<headline>`` (``val_accuracy``,
+    or ``val_f1`` for span models; on the validation split), ``latency_ms`` (ms per sample at one thread, as
+    tune trials time it), ``size_bytes`` (the int8 model file) and ``params``. Empty: the headline (max),
+    ``latency_ms`` (min) and ``size_bytes`` (min)."""
+    max_concurrent: int | None = None
+    """Candidates at once; ``null`` sizes it from the cluster's free CPUs, as ``tune.max_concurrent``."""
+    seed: int = 0
+    """Seed of Optuna's sampler (multi-objective TPE, reseeded per candidate as the tune's)."""
+    n_startup_trials: int = 4
+    """Random candidates before TPE starts modelling."""
+    time_budget_s: float | None = None
+    """Stop starting new candidates after this many seconds (``null``: no limit)."""
     select: str | dict[str, Any] | None = None
-    """``null``: the best on ``tune.metric`` (today's choice). ``knee``: the knee of a two-objective front.
+    """``null``: the best on the first objective (the headline). ``knee``: the knee of a two-objective front.
     Or ``{maximize: val_accuracy, subject_to: {latency_ms: "<= 0.05"}}`` (``minimize`` also; constraints are
-    ``<=``, ``<``, ``>=`` or ``>`` and a number, quoted in YAML). Every metric it names must be an objective."""
+    ``<=``, ``<``, ``>=`` or ``>`` and a number, quoted in YAML). Every metric it names must be an objective
+    (of the compression search; without one, of ``tune.objectives``). Applied only by a compression search."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", parse_objectives(self.objectives, key="objectives"))
+        for i, objective in enumerate(self.objectives):
+            require(objective.metric.startswith("val_") or objective.metric in CANDIDATE_METRICS,
+                    f"objectives[{i}] must be val_<headline> or one of {list(CANDIDATE_METRICS)}, but got "
+                    f"{objective.metric!r}{did_you_mean(objective.metric, CANDIDATE_METRICS)}")
+            mode = "max" if objective.metric.startswith("val_") else "min"
+            require(objective.mode == mode, f"objectives[{i}]: {objective.metric} can only be {mode}imised, but "
+                                            f"got mode {objective.mode!r}")
+        require(self.search_space is None or (isinstance(self.search_space, str) and bool(self.search_space)),
+                f"search_space must be a path or null, but got {show(self.search_space)}")
+        require(self.num_samples >= 1, f"num_samples must be >= 1, but got {self.num_samples}")
+        require(self.max_concurrent is None or self.max_concurrent >= 1,
+                f"max_concurrent must be >= 1, but got {self.max_concurrent}")
+        require(self.n_startup_trials >= 1, f"n_startup_trials must be >= 1, but got {self.n_startup_trials}")
+        require(self.time_budget_s is None or self.time_budget_s > 0,
+                f"time_budget_s must be > 0, but got {self.time_budget_s}")
         if self.select is not None:
             parse_selection(self.select, key="select")
 
+    @property
+    def searching(self) -> bool:
+        """Whether the distill stage runs the compression search."""
+        return self.search_space is not None
+
+    def resolved_objectives(self, headline: str) -> tuple[Objective, ...]:
+        """``objectives``, or the default: ``val_<headline>`` (max), ``latency_ms`` and ``size_bytes`` (min)."""
+        return self.objectives or (Objective(f"val_{headline}", "max"), Objective("latency_ms", "min"),
+                                   Objective("size_bytes", "min"))
+
     def rule(self, objective: Objective) -> SelectionRule:
-        """The configured rule, or the default (the best on ``objective``, i.e. ``tune.metric``)."""
+        """The configured rule, or the default (the best on ``objective``)."""
         return default_rule(objective) if self.select is None else parse_selection(self.select, key="select")
+
+
+CANDIDATE_METRICS = ("latency_ms", "size_bytes", "params")
+"""What a compressed candidate is measured on besides its validation headline (all minimised)."""

@@ -15,13 +15,14 @@ truthful (:mod:`hybrid.rundir`):
 The run directory holds::
 
     config.yaml        the resolved config of the latest invocation (after --set overrides)
-    search_space.yaml  the search space used
+    search_space.yaml  the search space used (compression_search_space.yaml: the compression search's)
     quarantine.parquet rejected rows with their reason (only when there are any)
     tune/              Ray Tune/Train storage and the Optuna study of the current search (resumable)
     trials/<id>.json   every trial of the current search: sampled config, status, per-epoch metrics
     train/             the student's Ray Train storage, one folder per attempt
     teacher/           the best trial's model (safetensors + JSON + SHA-256 manifest)
-    student/           the distilled student (same format)
+    student/           the distilled student (same format); with a compression search, the chosen candidate's
+    compression/       the compression search: its study, candidate records, students and int8 models
     student_int8/      the int8 student (ONNX or torch.export file + JSON + manifest)
     scores.parquet     the Spark batch-scoring output of the test table
     stages/*.json      each finished stage's fingerprint and results
@@ -78,6 +79,9 @@ def prepare_run_dir(config: Config) -> Path:
     check_search_space(space, config)  # a bad key or edge value fails now, not after ingest
     _atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     _atomic.write_text(run_dir / "search_space.yaml", dump_search_space(space))
+    if config.compression.search_space is not None:
+        compression = load_search_space(config.compression.search_space, key="compression.search_space")
+        _atomic.write_text(run_dir / "compression_search_space.yaml", dump_search_space(compression))
     return run_dir
 
 
@@ -362,6 +366,8 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
     from hybrid.artifacts import update_metadata
     from hybrid.distill import distill
 
+    if ctx.config.compression.searching:
+        return _stage_compress(ctx)
     data = ctx.dataset()
     # One Ray Train storage per attempt: the same inputs resume a killed attempt, other inputs start
     # afresh, and no earlier attempt's better checkpoint can win.
@@ -382,14 +388,50 @@ def _stage_distill(ctx: _Run) -> dict[str, Any]:
     return {"models": {"student": block}, "distill": result.summary()}
 
 
+def _stage_compress(ctx: _Run) -> dict[str, Any]:
+    """The distill stage as a compression search (:mod:`hybrid.compress`): the chosen candidate's float student
+    becomes ``run_dir/student``; its ``quantize.*`` values reach the quantize stage through this stage's result."""
+    from hybrid.artifacts import update_metadata
+    from hybrid.compress import CandidatePaths, search
+    from hybrid.search_space import apply_params
+
+    data = ctx.dataset()
+    if ctx.restart:
+        CandidatePaths(ctx.run_dir.resolve()).wipe()
+    result = search(ctx.config, {"train": data.train, "val": data.val}, teacher_dir=ctx.run_dir / "teacher",
+                    train_rows=data.counts["train"], metadata=_metadata(data), run_dir=ctx.run_dir.resolve(),
+                    fingerprint=ctx.fingerprints["distill"].digest, echo=ctx.echo)
+    chosen = apply_params(ctx.config, result.chosen.params)
+    student_dir, report, meta = _adopt(ctx, result.chosen_checkpoint, "student")
+    update_metadata(student_dir, test_metrics=report.test, distill=to_dict(chosen.distill),
+                    compression_candidate=result.chosen.trial_id)
+    block = {**report.block(), "path": str(student_dir), "family": meta["family"], "config": meta["config"],
+             "val": meta["val_metrics"], "candidate": result.chosen.trial_id}
+    ctx.echo(f"[distill] compression search chose {result.chosen.trial_id}: student test {headline(block['test'])}")
+    return {"models": {"student": block}, "compression": result.summary(),
+            "distill": {"student_config": meta["config"], "candidate": result.chosen.trial_id}}
+
+
+def quantize_config(config: Config, results: dict[str, dict[str, Any]]) -> Any:
+    """The quantize stage's settings: ``quantize``, with the chosen candidate's ``quantize.*`` values when the
+    distill stage ran a compression search (so the candidate's int8 is what ships)."""
+    from hybrid.compress import chosen_params
+    from hybrid.search_space import apply_params
+
+    params = {k: v for k, v in chosen_params(results.get("distill", {}).get("compression", {})).items()
+              if k.startswith("quantize.")}
+    return apply_params(config, params).quantize if params else config.quantize
+
+
 def _stage_quantize(ctx: _Run) -> dict[str, Any]:
     from hybrid.quantize import quantize_student
 
     data = ctx.dataset()
     config = ctx.config
+    qcfg = quantize_config(config, ctx.results)
     result = quantize_student(
         ctx.run_dir / "student", ctx.run_dir / "teacher", {"train": data.train, "val": data.val, "test": data.test},
-        config=config.quantize, num_classes=config.data.num_classes, eval_batch_size=config.train.eval_batch_size,
+        config=qcfg, num_classes=config.data.num_classes, eval_batch_size=config.train.eval_batch_size,
         out_dir=ctx.run_dir / "student_int8", echo=ctx.echo,
     )
     return {"quantize": result.summary(), "models": {"student_int8": result.model_block()}}

@@ -698,6 +698,53 @@ class StudentInt8:
                 "val": {self.result.metric: self.result.candidates[self.result.backend].score}}
 
 
+def teacher_reference(teacher_dir: Path, val: Any, *, num_classes: int, eval_batch_size: int) -> float:
+    """The gate's reference: the teacher's headline metric (its family's) on the validation split ``val``."""
+    from hybrid.artifacts import load_model, model_collate
+    from hybrid.models import get_family
+    from hybrid.train import evaluate
+
+    teacher, meta = load_model(teacher_dir)
+    family = meta["family"]
+    return float(evaluate(teacher, val, model_name=family, num_classes=num_classes, batch_size=eval_batch_size,
+                          collate=model_collate(teacher_dir, meta),
+                          model_config=meta["config"]).metrics[get_family(family).headline])
+
+
+def quantize_dir(
+    model_dir: Path, datasets: Mapping[str, Any], *, config: QuantizeConfig, reference: float | None,
+    num_classes: int, eval_batch_size: int,
+) -> tuple[QuantizeResult, nn.Module, dict[str, Any], Any]:
+    """:func:`quantize` the float model saved in ``model_dir``: calibrated on ``datasets['train']``, scored on
+    ``datasets['val']`` by its family's headline metric and gated against ``reference``.
+
+    What the quantize stage and each compression-search candidate (:mod:`hybrid.compress`) both run, so a
+    candidate's int8 score is the one the stage would compute. Returns ``(result, float model, its metadata,
+    its collate)``.
+    """
+    from hybrid.artifacts import load_model, model_collate
+    from hybrid.models import get_family
+    from hybrid.train import evaluate
+
+    model, meta = load_model(model_dir)
+    family = meta["family"]
+    metric = get_family(family).headline
+    columns = get_family(family).input_columns
+    collate = model_collate(model_dir, meta)
+
+    def score(runnable: Callable[..., torch.Tensor]) -> float:
+        return evaluate(runnable, datasets["val"], model_name=family, num_classes=num_classes,
+                        batch_size=eval_batch_size, collate=collate, model_config=meta["config"]).metrics[metric]
+
+    result = quantize(
+        model, datasets["train"].iter_torch_batches(batch_size=256, collate_fn=collate), config,
+        eval_batches=datasets["val"].iter_torch_batches(batch_size=1024, collate_fn=collate),
+        reference=reference, input_columns=columns, padding_mask=get_family(family).padding_mask,
+        scorer=(metric, score),
+    )
+    return result, model, meta, collate
+
+
 def quantize_student(
     student_dir: Path,
     teacher_dir: Path,
@@ -716,31 +763,19 @@ def quantize_student(
     and evaluated by the family's task exactly as the test split is. ``out_dir`` is written whole or not at all.
     """
     from hybrid import _atomic
-    from hybrid.artifacts import load_model, model_collate, read_metadata
+    from hybrid.artifacts import read_metadata
     from hybrid.measure import measure_model, side_by_side
     from hybrid.models import get_family
-    from hybrid.train import evaluate
 
-    model, meta = load_model(student_dir)
-    teacher, teacher_meta = load_model(teacher_dir)
+    reference = teacher_reference(teacher_dir, datasets["val"], num_classes=num_classes,
+                                  eval_batch_size=eval_batch_size)
+    result, model, meta, collate = quantize_dir(student_dir, datasets, config=config, reference=reference,
+                                                num_classes=num_classes, eval_batch_size=eval_batch_size)
+    from hybrid.artifacts import load_model
+
+    teacher, _ = load_model(teacher_dir)
     family = meta["family"]
-    metric = get_family(family).headline
-    reference = evaluate(teacher, datasets["val"], model_name=family, num_classes=num_classes,
-                         batch_size=eval_batch_size, collate=model_collate(teacher_dir, teacher_meta),
-                         model_config=teacher_meta["config"]).metrics[metric]
-    columns = get_family(family).input_columns
-    collate = model_collate(student_dir, meta)
-
-    def score(runnable: Callable[..., torch.Tensor]) -> float:
-        return evaluate(runnable, datasets["val"], model_name=family, num_classes=num_classes,
-                        batch_size=eval_batch_size, collate=collate, model_config=meta["config"]).metrics[metric]
-
-    result = quantize(
-        model, datasets["train"].iter_torch_batches(batch_size=256, collate_fn=collate), config,
-        eval_batches=datasets["val"].iter_torch_batches(batch_size=1024, collate_fn=collate),
-        reference=reference, input_columns=columns, padding_mask=get_family(family).padding_mask,
-        scorer=(metric, score),
-    )
+    metric, columns = result.metric, get_family(family).input_columns
     shipped = {k: v for k, v in read_metadata(student_dir).items() if k in ("normalizer", "label_names", "max_seq_length")}
     with _atomic.replace_dir(out_dir) as tmp:  # a fresh directory: nothing of an earlier attempt stays
         save_quantized(tmp, result.model, family=family, config=meta["config"], assets_from=student_dir, **shipped)

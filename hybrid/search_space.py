@@ -35,29 +35,31 @@ from hybrid.errors import ConfigError, did_you_mean
 
 TUNABLE_SECTIONS = ("model", "train")
 """Config sections a search space may set."""
+COMPRESSION_SECTIONS = ("distill", "quantize")
+"""Config sections a compression search space (``compression.search_space``) may set."""
 
 
-def load_search_space(path: str | Path) -> dict[str, BaseDistribution]:
-    """Read a search-space YAML file into Optuna distributions.
+def load_search_space(path: str | Path, *, key: str = "tune.search_space") -> dict[str, BaseDistribution]:
+    """Read a search-space YAML file into Optuna distributions (``key``: the config key naming it, for messages).
 
     Raises:
         ConfigError: One line, if the file is missing, unreadable, not UTF-8, not valid YAML, not a mapping,
             or an entry is not a valid distribution.
     """
     path = Path(path)
-    raw = read_yaml(path, "tune.search_space: file")
+    raw = read_yaml(path, f"{key}: file")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(
-            f"tune.search_space: file {str(path)!r} must be a non-empty mapping of config keys to distributions, "
+            f"{key}: file {str(path)!r} must be a non-empty mapping of config keys to distributions, "
             f"but got {show(raw)}"
         )
-    space = {}
-    for key, entry in raw.items():
+    space, where = {}, key
+    for name, entry in raw.items():
         try:
-            space[str(key)] = json_to_distribution(json.dumps(entry))
+            space[str(name)] = json_to_distribution(json.dumps(entry))
         except Exception as err:  # optuna raises ValueError/KeyError/TypeError for malformed entries
             raise ConfigError(
-                f"tune.search_space: '{key}' in {str(path)!r} must be an Optuna distribution "
+                f"{where}: '{name}' in {str(path)!r} must be an Optuna distribution "
                 f"({{name: FloatDistribution|IntDistribution|CategoricalDistribution, attributes: ...}}), "
                 f"but got {show(entry)}: {one_line(f'{type(err).__name__}: {err}')}"
             ) from None
@@ -114,3 +116,35 @@ def check_search_space(space: dict[str, BaseDistribution], config: Config) -> No
                 apply_params(config, {key: value})
             except ConfigError as err:
                 raise ConfigError(f"search space key '{key}': value {value!r} is invalid: {err}") from None
+
+
+def check_compression_space(space: dict[str, BaseDistribution], config: Config) -> None:
+    """Check a compression search space: every key names a ``distill`` or ``quantize`` field (or
+    ``distill.student.<model field>``), and every edge value gives a valid config.
+
+    Raises:
+        ConfigError: Naming the key (with a did-you-mean hint) or the edge value that is invalid.
+    """
+    fields = {
+        "distill": {f.name for f in dataclasses.fields(config.distill)} - {"student"},
+        "quantize": {f.name for f in dataclasses.fields(config.quantize)},
+    }
+    model_fields = {f.name for f in dataclasses.fields(config.model)}
+    for key, dist in space.items():
+        section, _, name = key.partition(".")
+        if section not in COMPRESSION_SECTIONS:
+            raise ConfigError(f"compression.search_space key '{key}' must start with one of "
+                              f"{list(COMPRESSION_SECTIONS)}{did_you_mean(section, COMPRESSION_SECTIONS)}")
+        if section == "distill" and name.startswith("student."):
+            leaf = name.removeprefix("student.")
+            if leaf not in model_fields:
+                raise ConfigError(f"compression.search_space key '{key}': '{leaf}' is not a field of the "
+                                  f"{config.model_name} model config{did_you_mean(leaf, model_fields)}")
+        elif name not in fields[section]:
+            raise ConfigError(f"compression.search_space key '{key}' is not a field of the {section} config"
+                              f"{did_you_mean(name, fields[section])}")
+        for value in extremes(dist):
+            try:
+                apply_params(config, {key: value})
+            except ConfigError as err:
+                raise ConfigError(f"compression.search_space key '{key}': value {value!r} is invalid: {err}") from None

@@ -102,6 +102,47 @@ def test_run_on_a_slice_of_fashion_mnist_goes_from_spark_to_scored_parquet(tmp_p
     assert json.loads((run / "stages" / "score.json").read_text())["inputs"]["score.batch_size"] == 64
 
 
+PARETO = ROOT / "configs" / "fashion_mnist_pareto.yaml"
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.full
+def test_pareto_config_searches_int8_students_and_ships_the_chosen_one(tmp_path):
+    args = [
+        "--set", "name=pareto", "--set", f"runs_dir={tmp_path}",
+        "--set", "data.max_train_rows=1500", "--set", "data.max_test_rows=300",
+        # 2 tune epochs: the tune space's warmup_epochs reaches 1.0, which needs max_epochs > 1
+        "--set", "tune.num_samples=2", "--set", "train.max_epochs=2", "--set", "tune.n_startup_trials=2",
+        "--set", "tune.time_budget_s=null", "--set", "distill.max_epochs=1",
+        "--set", "compression.num_samples=2", "--set", "compression.n_startup_trials=2",
+        "--set", "compression.time_budget_s=null",
+    ]
+    proc = run_cli("run", str(PARETO), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "pareto"
+    summary = json.loads((run / "summary.json").read_text())
+    compression = summary["compression"]
+    assert compression["candidates"] == 2 and compression["completed"] == 2
+    placed = compression["pareto"]["front"] + compression["pareto"]["dominated"]
+    chosen = compression["chosen"]
+    assert chosen["rule"] == "knee" and chosen["point"] in compression["pareto"]["front"]
+    assert len(placed) + len(compression["pareto"]["excluded"]) == 2
+    # the shipped student is the chosen candidate's, quantized with the chosen int8 settings
+    assert summary["models"]["student"]["candidate"] == chosen["point"]["id"]
+    assert summary["quantize"]["backend"] == chosen["params"]["quantize.backend"]
+    assert (run / "compression_search_space.yaml").is_file()
+    assert "Compression: Pareto front" in (run / "report.html").read_text()
+    assert proc.stdout.count("[compress ") == 2  # one line per candidate
+
+    # a changed compression setting redoes distill (a fresh search) and what follows, never the tune
+    changed = run_cli("run", str(PARETO), *args, "--set", "compression.seed=1")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "[run] distill: to run (compression.seed 0 -> 1)" in changed.stdout
+    assert "[run] tune: started" not in changed.stdout and "starting a fresh search" in changed.stdout
+
+
 SENTIMENT = ROOT / "configs" / "sentiment.yaml"
 QA = ROOT / "configs" / "qa_fixture.yaml"
 TINY_SPACE = ROOT / "tests" / "fixtures" / "bert_lr_only.yaml"

@@ -178,3 +178,14 @@ def test_a_classifier_teacher_adds_one_logits_row_per_image(tmp_path) -> None:
     with torch.no_grad():
         expected = teacher(torch.as_tensor(images.reshape(5, -1).astype(np.float32)))
     np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-6)
+
+
+def test_the_student_trains_with_the_teachers_tuned_settings_and_its_own_epochs() -> None:
+    from hybrid.config import config_from_dict
+    from hybrid.distill import student_train_config
+
+    config = config_from_dict({"train": {"lr": 0.002, "max_epochs": 8}, "distill": {"max_epochs": 3}})
+    teacher = {"params": {"train.lr": 0.01, "train.batch_size": 64, "model.num_blocks": 3}}
+    train = student_train_config(teacher, config)
+    assert (train.lr, train.batch_size, train.max_epochs) == (0.01, 64, 3)
+    assert student_train_config({}, config_from_dict({})).max_epochs == config_from_dict({}).train.max_epochs

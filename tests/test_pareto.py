@@ -303,5 +303,6 @@ def test_a_run_refuses_what_it_would_ignore() -> None:
     multi = config_from_dict({"tune": {"objectives": [{"val_accuracy": "max"}, {"latency_ms": "min"}]}})
     check_wired(multi)  # several objectives are run by the tune
     chosen = config_from_dict({"compression": {"select": {"maximize": "val_accuracy"}}})
-    with pytest.raises(ConfigError, match="compression.select is not applied by the pipeline yet"):
+    with pytest.raises(ConfigError, match="compression.select picks among compressed candidates, which only a "
+                                          "compression search makes"):
         check_before_start(chosen)

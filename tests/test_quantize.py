@@ -344,3 +344,17 @@ def test_a_span_model_quantizes_with_windows_of_different_lengths_per_batch() ->
         expected = model(*(batches[1][c] for c in family.input_columns))
     actual = result.model(*(batches[1][c] for c in family.input_columns))
     assert actual.shape == expected.shape  # (windows, L, 2), padding positions included
+
+
+def test_a_torch_int8_model_loads_in_a_process_that_never_quantized(result: QuantizeResult, tmp_path: Path) -> None:
+    # A scorer (or any reader of a saved run) has not imported torchao: loading must register its int8 operators.
+    import subprocess
+    import sys
+
+    directory = save_quantized(tmp_path / "int8", result.models["torch"], family="cnn", config={})
+    code = ("import sys; from hybrid.quantize import load_quantized; "
+            "model, _ = load_quantized(sys.argv[1]); print(model.backend, 'torchao' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["torch", "True"]
