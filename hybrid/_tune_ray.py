@@ -26,6 +26,8 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from hybrid import _atomic
+from hybrid.errors import TrainingError
 from hybrid.tune_records import TrialRecord, TunePaths, error_text, make_record, trial_name, write_record
 
 TRIAL_KEY = "__trial_id"
@@ -66,6 +68,55 @@ class SeededTPESampler(optuna.samplers.TPESampler):
         self._rng.rng.seed(seed)
         self._random_sampler._rng.rng.seed(seed)
         super().before_trial(study, trial)
+
+
+def open_study(
+    paths: Any, *, fingerprint: str, directions: list[str], study_name: str, seed: int, n_startup_trials: int,
+    where: Path, records: Path, objectives_key: str, echo: Callable[[str], None], stage: str,
+) -> tuple[optuna.Study, Any]:
+    """Open the SQLite study of the search with ``fingerprint``, for a tune or a compression search alike.
+
+    The search's files (``paths``: ``fingerprint``, ``study``, ``wipe()``) are wiped first when the fingerprint
+    differs, when the study cannot be read, or when its directions are not ``directions``; ``where`` and
+    ``records`` (the search's directory and its per-trial records) only decide whether a wipe is announced.
+    Returns ``(study, storage)``.
+    """
+    import logging
+
+    reason = "the run's inputs changed since the last search"
+    for attempt in range(2):
+        try:
+            previous: str | None = paths.fingerprint.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            previous = None
+        if previous != fingerprint or attempt:
+            if previous is not None or records.exists():
+                echo(f"[{stage}] starting a fresh search in {where}: {reason}")
+            paths.wipe()
+            paths.fingerprint.parent.mkdir(parents=True, exist_ok=True)
+            _atomic.write_text(paths.fingerprint, fingerprint)
+        try:
+            storage = optuna.storages.RDBStorage(f"sqlite:///{paths.study}")
+            study = optuna.create_study(
+                storage=storage, study_name=study_name, load_if_exists=True, directions=directions,
+                sampler=SeededTPESampler(seed=seed, n_startup_trials=n_startup_trials),
+            )
+        except Exception as err:  # a corrupt SQLite file: start over once, else let it raise
+            if attempt:
+                raise
+            logging.getLogger(__name__).warning(
+                "could not read the Optuna study %s (%s): starting a fresh search", paths.study, err)
+            reason = "the study could not be read"
+            continue
+        found = [d.name.lower() for d in study.directions]
+        if found == directions:
+            return study, storage
+        # Only a fingerprint that leaves out the objectives gets here (a caller's own): never mix the two studies.
+        if attempt:
+            raise TrainingError(f"the Optuna study {paths.study} has directions {found}, but {objectives_key} "
+                                f"need {directions}, even after starting afresh")
+        reason = f"its study optimises {found}, but {objectives_key} need {directions}"
+    raise AssertionError("unreachable")
 
 
 class ResumableOptunaSearch(OptunaSearch):

@@ -359,38 +359,13 @@ def _open_study(
     paths: CandidatePaths, fingerprint: str, objectives: Sequence[Objective], seed: int, n_startup_trials: int,
     echo: Callable[[str], None],
 ) -> tuple[optuna.Study, Any]:
-    """The study of the search with ``fingerprint``; a search of any other (or an unreadable one) is wiped."""
-    import optuna
+    """The study of the search with ``fingerprint`` (see :func:`hybrid._tune_ray.open_study`)."""
+    from hybrid._tune_ray import open_study
 
-    from hybrid._tune_ray import SeededTPESampler
-
-    directions = ["maximize" if o.mode == "max" else "minimize" for o in objectives]
-    for attempt in range(2):
-        try:
-            previous: str | None = paths.fingerprint.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            previous = None
-        if previous != fingerprint or attempt:
-            if previous is not None or paths.candidates.exists():
-                echo(f"[compress] starting a fresh search in {paths.root}: "
-                     + ("its study could not be read" if attempt else "the run's inputs changed since the last one"))
-            paths.wipe()
-            paths.root.mkdir(parents=True, exist_ok=True)
-            _atomic.write_text(paths.fingerprint, fingerprint)
-        try:
-            storage = optuna.storages.RDBStorage(f"sqlite:///{paths.study}")
-            study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
-                                        directions=directions,
-                                        sampler=SeededTPESampler(seed=seed, n_startup_trials=n_startup_trials))
-        except Exception:  # a corrupt SQLite file: start over once, else let it raise
-            if attempt:
-                raise
-            continue
-        if [d.name.lower() for d in study.directions] == directions:
-            return study, storage
-        if attempt:
-            raise TrainingError(f"the Optuna study {paths.study} does not optimise {directions} even after a wipe")
-    raise AssertionError("unreachable")
+    return open_study(paths, fingerprint=fingerprint,
+                      directions=["maximize" if o.mode == "max" else "minimize" for o in objectives],
+                      study_name=STUDY_NAME, seed=seed, n_startup_trials=n_startup_trials, where=paths.root,
+                      records=paths.candidates, objectives_key="compression.objectives", echo=echo, stage="compress")
 
 
 def plan_candidates(

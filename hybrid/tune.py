@@ -273,46 +273,12 @@ def tune(
 def _open_study(
     paths: TunePaths, fingerprint: str, config: Config, echo: Callable[[str], None]
 ) -> tuple[optuna.Study, Any]:
-    """Open the study of the tune with ``fingerprint``; wipe the tune first when the fingerprint differs
-    (or the study cannot be read, or its directions are not the objectives'). Returns ``(study, storage)``."""
-    import optuna
+    """Open the study of the tune with ``fingerprint`` (see :func:`hybrid._tune_ray.open_study`)."""
+    from hybrid._tune_ray import open_study
 
-    from hybrid._tune_ray import SeededTPESampler
-
-    tc = config.tune
-    directions, reason = _directions(config), ""
-    for attempt in range(2):
-        try:
-            previous: str | None = paths.fingerprint.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            previous = None
-        if previous != fingerprint or attempt:
-            if previous is not None or paths.trials.exists():
-                echo(f"[tune] starting a fresh search in {paths.tune}: "
-                     + (reason if attempt else "the run's inputs changed since the last tune"))
-            paths.wipe()
-            _atomic.write_text(paths.fingerprint, fingerprint)
-        try:
-            storage = optuna.storages.RDBStorage(f"sqlite:///{paths.study}")
-            study = optuna.create_study(
-                storage=storage, study_name=STUDY_NAME, load_if_exists=True, directions=directions,
-                sampler=SeededTPESampler(seed=tc.seed, n_startup_trials=tc.n_startup_trials),
-            )
-        except Exception as err:  # a corrupt SQLite file: start over once, else let it raise
-            if attempt:
-                raise
-            log.warning("could not read the Optuna study %s (%s): starting a fresh search", paths.study, err)
-            reason = "the study could not be read"
-            continue
-        found = [d.name.lower() for d in study.directions]
-        if found == directions:
-            return study, storage
-        # Only a fingerprint that leaves out tune.objectives gets here (a caller's own): never mix the two studies.
-        if attempt:
-            raise TrainingError(f"the Optuna study {paths.study} has directions {found}, but tune.objectives "
-                                f"need {directions}, even after starting afresh")
-        reason = f"its study optimises {found}, but tune.objectives need {directions}"
-    raise AssertionError("unreachable")
+    return open_study(paths, fingerprint=fingerprint, directions=_directions(config), study_name=STUDY_NAME,
+                      seed=config.tune.seed, n_startup_trials=config.tune.n_startup_trials, where=paths.tune,
+                      records=paths.trials, objectives_key="tune.objectives", echo=echo, stage="tune")
 
 
 def _directions(config: Config) -> list[str]:
