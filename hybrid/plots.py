@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
@@ -22,6 +22,22 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
             break
     start = math.ceil(lo / step) * step
     return [start + i * step for i in range(int((hi - start) / step) + 1)]
+
+
+def _frame(sx: Callable[[float], float], sy: Callable[[float], float], x_range: tuple[float, float],
+           y_range: tuple[float, float], plot_w: float, plot_h: float, x_label: str, y_label: str) -> list[str]:
+    """An SVG chart's opening tag, grid, tick labels, plot border and axis labels (escaped)."""
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" font-family="sans-serif" font-size="11">']
+    for t in _ticks(*y_range):
+        out.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{_PAD_L - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    for t in _ticks(*x_range):
+        out.append(f'<text x="{sx(t):.1f}" y="{_PAD_T + plot_h + 16}" text-anchor="middle">{_fmt(t)}</text>')
+    out.append(f'<rect x="{_PAD_L}" y="{_PAD_T}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>')
+    out.append(f'<text x="{_PAD_L + plot_w / 2}" y="{_H - 8}" text-anchor="middle">{html.escape(x_label)}</text>')
+    out.append(f'<text transform="translate(14 {_PAD_T + plot_h / 2}) rotate(-90)" text-anchor="middle">'
+               f'{html.escape(y_label)}</text>')
+    return out
 
 
 def _fmt(value: float) -> str:
@@ -59,15 +75,7 @@ def line_chart(
     def sy(y: float) -> float:
         return _PAD_T + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" font-family="sans-serif" font-size="11">']
-    for t in _ticks(y_lo, y_hi):
-        out.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{_PAD_L - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
-    for t in _ticks(x_lo, x_hi):
-        out.append(f'<text x="{sx(t):.1f}" y="{_PAD_T + plot_h + 16}" text-anchor="middle">{_fmt(t)}</text>')
-    out.append(f'<rect x="{_PAD_L}" y="{_PAD_T}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>')
-    out.append(f'<text x="{_PAD_L + plot_w / 2}" y="{_H - 8}" text-anchor="middle">{html.escape(x_label)}</text>')
-    out.append(f'<text transform="translate(14 {_PAD_T + plot_h / 2}) rotate(-90)" text-anchor="middle">{html.escape(y_label)}</text>')
+    out = _frame(sx, sy, (x_lo, x_hi), (y_lo, y_hi), plot_w, plot_h, x_label, y_label)
     for i, (name, xs, ys) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         pts = [(sx(x), sy(y)) for x, y in zip(xs, ys) if math.isfinite(y)]
@@ -178,15 +186,7 @@ def pareto_chart(
             return 4.0
         return max(2.5, 12.0 * math.sqrt(sizes[i] / top))  # area proportional to size
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" font-family="sans-serif" font-size="11">']
-    for t in _ticks(y_lo, y_hi):
-        out.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{_PAD_L - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
-    for t in _ticks(x_lo, x_hi):
-        out.append(f'<text x="{sx(t):.1f}" y="{_PAD_T + plot_h + 16}" text-anchor="middle">{_fmt(t)}</text>')
-    out.append(f'<rect x="{_PAD_L}" y="{_PAD_T}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>')
-    out.append(f'<text x="{_PAD_L + plot_w / 2}" y="{_H - 8}" text-anchor="middle">{html.escape(x_label)}</text>')
-    out.append(f'<text transform="translate(14 {_PAD_T + plot_h / 2}) rotate(-90)" text-anchor="middle">{html.escape(y_label)}</text>')
+    out = _frame(sx, sy, (x_lo, x_hi), (y_lo, y_hi), plot_w, plot_h, x_label, y_label)
     on_front = sorted((i for i in front if i in shown), key=lambda i: (points[i][1], points[i][2]))
     if len(on_front) > 1:
         path = " ".join(f"{sx(points[i][1]):.1f},{sy(points[i][2]):.1f}" for i in on_front)
