@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from hybrid import _atomic
 from hybrid._dataclass_io import to_dict
 from hybrid.errors import TrainingError
-from hybrid.pareto import Objective, Selection, SelectionRule, _plain, select
+from hybrid.pareto import Objective, Selection, SelectionRule, json_safe, select
 
 if TYPE_CHECKING:
     import optuna
@@ -195,7 +195,7 @@ def choose(
     selection = select(pool, objectives, rule)
     record = selection.front.record()
     if passing:
-        record["excluded"] += [{"point": _plain(p), "reasons": ["its int8 model failed the accuracy gate "
+        record["excluded"] += [{"point": json_safe(p), "reasons": ["its int8 model failed the accuracy gate "
                                                                 "(quantize.max_accuracy_drop)"]} for p in failing]
     return selection, record
 

@@ -132,9 +132,9 @@ class ParetoFront:
         """``summary.json``'s ``compression.pareto``: objectives, and the points of each group as plain data."""
         return {
             "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
-            "front": [_plain(self.points[i]) for i in self.front],
-            "dominated": [_plain(self.points[i]) for i in self.dominated],
-            "excluded": [{"point": _plain(self.points[e.index]), "reasons": list(e.reasons)} for e in self.excluded],
+            "front": [json_safe(self.points[i]) for i in self.front],
+            "dominated": [json_safe(self.points[i]) for i in self.dominated],
+            "excluded": [{"point": json_safe(self.points[e.index]), "reasons": list(e.reasons)} for e in self.excluded],
         }
 
 
@@ -335,7 +335,7 @@ class Selection:
 
     def record(self) -> dict[str, Any]:
         """``summary.json``'s ``compression.chosen``: the point, the rule as configured, and why."""
-        return {"point": _plain(self.point), "rule": self.rule.to_config(), "on_front": self.index in self.front.front,
+        return {"point": json_safe(self.point), "rule": self.rule.to_config(), "on_front": self.index in self.front.front,
                 "detail": self.detail}
 
 
@@ -442,12 +442,12 @@ def _name(point: Mapping[str, Any], index: int) -> str:
     return str(name) if name is not None else f"candidate #{index}"
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe data: non-finite floats become ``None`` (strict JSON has no NaN), tuples lists."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if value is None or isinstance(value, bool | int | float | str):
