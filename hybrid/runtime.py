@@ -322,6 +322,9 @@ def start_ray(config: RuntimeConfig) -> Runtime:
     if local:
         env_vars["PYSPARK_PYTHON"] = sys.executable  # a cluster's nodes have their own interpreter path
         kwargs["include_dashboard"] = True  # Train V2 cleans up stopped trials through the state API
+        # Train V2 starts a preemption watcher actor per run to notice nodes being drained; a one-node Ray of
+        # hybrid's own has none to drain, and each actor is a Python process that costs seconds to start.
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
         kwargs["num_cpus"] = config.num_cpus or os.cpu_count() or 1
         # Train V2's placement-group cleaner finds "its" cluster by scanning for GCS processes; with
         # a second Ray on the machine it gives up, a stopped trial leaks its CPUs and the next trial

@@ -384,7 +384,7 @@ def build_trainer(
     Ray's object store (:func:`ship_paths`), so the nodes need not share a disk; ``storage_path`` must
     still be a path (or URI) every node sees.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from hybrid.cluster import worker_request
@@ -401,6 +401,9 @@ def build_trainer(
             resources_per_worker=worker_request(cpus=config.cpus_per_worker, use_gpu=config.use_gpu),
         ),
         datasets={"train": datasets["train"], "val": datasets["val"]},
+        # One worker reads the whole dataset: splitting it would start a SplitCoordinator actor per dataset
+        # (a Python process each, seconds of start-up per trial) to hand out a single shard.
+        dataset_config=DataConfig(datasets_to_split="all" if config.num_workers > 1 else []),
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),
