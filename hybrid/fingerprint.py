@@ -26,8 +26,9 @@ STAGE_ORDER: tuple[str, ...] = ("ingest", "tune", "distill", "quantize", "score"
 
 READS: dict[str, tuple[str, ...]] = {
     "ingest": ("data", "model.pretrained_dir"),
-    "tune": ("model", "train", "tune"),
-    "distill": ("distill", "train", "tune.metric", "compression"),
+    # The teacher and the student are timed at quantize.latency_batch_size rows, as every model of a run is.
+    "tune": ("model", "train", "tune", "quantize.latency_batch_size"),
+    "distill": ("distill", "train", "tune.metric", "compression", "quantize.latency_batch_size"),
     "quantize": ("quantize",),
     "score": ("score",),
 }

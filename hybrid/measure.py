@@ -46,9 +46,11 @@ class ModelReport:
 
 
 def measure_model(
-    model: Any, directory: Path, test: ray.data.Dataset, *, num_classes: int, eval_batch_size: int, file_bytes: int
+    model: Any, directory: Path, test: ray.data.Dataset, *, num_classes: int, eval_batch_size: int, file_bytes: int,
+    latency_batch: int = LATENCY_BATCH,
 ) -> ModelReport:
-    """Test metrics, size and latency of the float or int8 ``model`` saved in ``directory``."""
+    """Test metrics, size and latency (``latency_batch`` rows per timed pass: ``quantize.latency_batch_size``
+    in a run) of the float or int8 ``model`` saved in ``directory``."""
     import json
 
     import torch
@@ -62,10 +64,10 @@ def measure_model(
     family, collate = meta["family"], model_collate(directory, meta)
     result = evaluate(model, test, model_name=family, num_classes=num_classes, batch_size=eval_batch_size,
                       collate=collate, model_config=meta["config"])
-    sample = test.take_batch(LATENCY_BATCH, batch_format="numpy")
+    sample = test.take_batch(latency_batch, batch_format="numpy")
     inputs = batch_inputs(sample, get_family(family).input_columns, collate)
     with torch.no_grad():
-        latency = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, threads=os.cpu_count() or 1)
+        latency = latency_ms_per_sample(model, inputs, batch_size=latency_batch, threads=os.cpu_count() or 1)
     return ModelReport(test=result.metrics, test_confusion_matrix=result.confusion_matrix, size_bytes=file_bytes,
                        latency_ms_per_sample=latency)
 
@@ -105,23 +107,23 @@ def float_costs(model: Any, inputs: tuple[Any, ...], *, threads: int = TUNE_LATE
 
 def side_by_side(
     models: Mapping[str, Any], val: ray.data.Dataset, *, collate: Any, columns: Sequence[str],
-    sizes: Mapping[str, int], rounds: int = 3,
+    sizes: Mapping[str, int], rounds: int = 3, batch_size: int = LATENCY_BATCH,
 ) -> dict[str, Any]:
-    """Latency of ``models`` on the same validation rows, timed round robin (best of ``rounds``), so that
-    the ratios are not skewed by the machine's load changing between stages; sizes and ratios to the
-    first model (the teacher)."""
+    """Latency of ``models`` on the same validation rows (``batch_size`` per timed pass), timed round robin
+    (best of ``rounds``), so that the ratios are not skewed by the machine's load changing between stages;
+    sizes and ratios to the first model (the teacher)."""
     import torch
 
     from hybrid.models import batch_inputs
     from hybrid.quantize import latency_ms_per_sample
 
-    sample = val.take_batch(LATENCY_BATCH, batch_format="numpy")
+    sample = val.take_batch(batch_size, batch_format="numpy")
     inputs = batch_inputs(sample, columns, collate)
     best = dict.fromkeys(models, float("inf"))
     for _ in range(rounds):
         for name, model in models.items():
             with torch.no_grad():
-                ms = latency_ms_per_sample(model, inputs, batch_size=LATENCY_BATCH, repeats=2,
+                ms = latency_ms_per_sample(model, inputs, batch_size=batch_size, repeats=2,
                                            threads=os.cpu_count() or 1)
             best[name] = min(best[name], ms)
     reference = next(iter(models))

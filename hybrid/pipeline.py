@@ -336,7 +336,8 @@ def _adopt(ctx: _Run, checkpoint: Path, name: str) -> tuple[Path, Any, dict[str,
     model, meta = load_model(directory)
     report = measure_model(model, directory, data.test, num_classes=ctx.config.data.num_classes,
                            eval_batch_size=ctx.config.train.eval_batch_size,
-                           file_bytes=(directory / WEIGHTS).stat().st_size)
+                           file_bytes=(directory / WEIGHTS).stat().st_size,
+                           latency_batch=ctx.config.quantize.latency_batch_size)
     return directory, report, meta
 
 

@@ -86,7 +86,7 @@ class QuantizeConfig:
     """Gate, relative form: when set, the int8 model's headline metric must be >= the reference's times this
     (0.97 = keeps 97% of the teacher's accuracy, or F1) and ``max_accuracy_drop`` is not used."""
     latency_batch_size: int = 256
-    """Rows per forward pass when timing."""
+    """Rows per forward pass when timing any model of the run (teacher, student, int8 candidates)."""
     latency_repeats: int = 5
     """Timed passes per model after one warm-up; the fastest is reported (least disturbed by other work)."""
     num_threads: int | None = None
@@ -780,12 +780,14 @@ def quantize_student(
     with _atomic.replace_dir(out_dir) as tmp:  # a fresh directory: nothing of an earlier attempt stays
         save_quantized(tmp, result.model, family=family, config=meta["config"], assets_from=student_dir, **shipped)
     report = measure_model(result.model, out_dir, datasets["test"], num_classes=num_classes,
-                           eval_batch_size=eval_batch_size, file_bytes=result.model.size_bytes)
+                           eval_batch_size=eval_batch_size, file_bytes=result.model.size_bytes,
+                           latency_batch=config.latency_batch_size)
     versus = side_by_side(
         {"teacher": teacher, "student": model, "student_int8": result.model}, datasets["val"], collate=collate,
         columns=columns, sizes={"teacher": (teacher_dir / WEIGHTS).stat().st_size,
                                 "student": (student_dir / WEIGHTS).stat().st_size,
                                 "student_int8": result.model.size_bytes},
+        batch_size=config.latency_batch_size,
     )
     verdict = "passed" if result.passed_gate else "FAILED: the float student will be shipped instead"
     echo(f"[quantize] {result.backend} int8: val {metric} {result.candidates[result.backend].score:.4f} vs teacher "

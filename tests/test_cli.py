@@ -198,6 +198,8 @@ def test_qa_fixture_config_tunes_distils_quantizes_and_scores_a_span_model_repor
         # One int8 backend: "auto" also builds and measures torch's (PT2E) int8, ~2 min more on a BERT for
         # what tests/test_quantize.py covers already.
         "--set", "quantize.backend=onnxruntime",
+        # Every model is timed at this many rows per pass (256 by default: ~5 s a pass for the teacher here).
+        "--set", "quantize.latency_batch_size=32",
     ]
     proc = run_cli("run", str(QA), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
