@@ -40,11 +40,12 @@ def run_candidate(
 
     from hybrid import _atomic, cluster
     from hybrid._dataclass_io import to_dict
-    from hybrid._tune_ray import TRIAL_KEY, quiet_ray_data
+    from hybrid._tune_ray import TRIAL_KEY
     from hybrid.artifacts import read_metadata
     from hybrid.distill import student_config, student_train_config
     from hybrid.measure import TUNE_LATENCY_THREADS
     from hybrid.quantize import quantize_dir, save_quantized
+    from hybrid.runtime import quiet_ray_data
     from hybrid.search_space import apply_params
     from hybrid.shipping import local_path
     from hybrid.train import LoopSpec, best_model_dir, build_trainer, fit_resilient

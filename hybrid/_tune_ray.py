@@ -28,20 +28,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hybrid import _atomic
 from hybrid.errors import TrainingError
+from hybrid.runtime import quiet_ray_data
 from hybrid.tune_records import TrialRecord, TunePaths, error_text, make_record, trial_name, write_record
 
 TRIAL_KEY = "__trial_id"
 """Hidden key of every trial config: the stable trial id (not a searched parameter)."""
-
-
-def quiet_ray_data() -> None:
-    """Turn off Ray Data's per-dataset progress bars: with one split per epoch they flood the log."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    ctx.print_on_execution_start = False
 
 
 def trial_seed(seed: int, number: int) -> int:

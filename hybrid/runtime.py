@@ -290,6 +290,17 @@ def _quiet_stderr_fd() -> Iterator[None]:
         os.close(saved)
 
 
+def quiet_ray_data() -> None:
+    """Turn off Ray Data's progress bars in this process's ``DataContext``, which every dataset made here copies
+    and carries to the processes that run it: with a pass per split per epoch they flood the log."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
 def start_ray(config: RuntimeConfig) -> Runtime:
     """Connect to ``config.ray_address`` or start a local Ray sized by ``config.num_cpus``.
 
@@ -351,6 +362,8 @@ def start_ray(config: RuntimeConfig) -> Runtime:
     finally:
         if gcs_port is not None:  # never leak into subprocesses, which start Rays of their own
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    # RAY_DATA_DISABLE_PROGRESS_BARS reaches the processes Ray starts; this one read it when it imported Ray Data.
+    quiet_ray_data()
     session_dir = None
     if local:
         with contextlib.suppress(Exception):

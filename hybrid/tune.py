@@ -134,7 +134,7 @@ def default_concurrency(worker: dict[str, float], *, workers: int, nodes: Sequen
 
 def quiet_ray_data() -> None:
     """Turn off Ray Data's per-dataset progress bars: with one split per epoch they flood the log."""
-    from hybrid._tune_ray import quiet_ray_data as quiet
+    from hybrid.runtime import quiet_ray_data as quiet
 
     quiet()
 
