@@ -190,6 +190,11 @@ class ResumableASHA(ASHAScheduler):
         super().on_trial_add(tune_controller, _key(trial))
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self._max_t:
+            # Its last epoch: the trial ends on its own as its fit returns (on_trial_complete then records it in
+            # its rung). Stopping it here, as ASHA does, killed its Train run while the fit was returning: the
+            # fit raised ActorDiedError, which reads as a lost worker, and a retry started a Train run for nothing.
+            return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, _key(trial), result)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:

@@ -349,10 +349,6 @@ def _plan(study: optuna.Study, paths: TunePaths, config: Config) -> _Plan:
     plan.scheduler = ResumableASHA(
         replay=replay, time_attr="epoch", metric=metric, mode=mode, max_t=max_epochs,
         grace_period=min(tc.grace_period, max_epochs), reduction_factor=tc.reduction_factor,
-        # A trial that reaches its last epoch ends on its own when its fit returns. Stopping it there (ASHA's
-        # default) kills its Train run while the fit is still returning: the fit raised ActorDiedError, read as
-        # a lost worker, and a retry started a second Train run for nothing.
-        stop_last_trials=False,
     )
     for trial, record in in_flight:
         tid = trial_name(trial.number)

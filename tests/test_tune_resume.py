@@ -128,6 +128,20 @@ def test_asha_rungs_replayed_on_resume_give_the_decisions_of_an_uninterrupted_se
     assert resumed.decide("t0010", 1, 0.99) == "CONTINUE"
 
 
+def test_asha_lets_a_trial_at_its_last_epoch_end_on_its_own() -> None:
+    # A STOP at the last epoch killed the trial's Train run while its fit was returning (read as a lost worker).
+    asha = _tune_ray.ResumableASHA(replay={}, time_attr="epoch", metric="m", mode="max", max_t=3, grace_period=1,
+                                   reduction_factor=3)
+    for stable, value in (("t0000", 0.1), ("t0001", 0.8), ("t0002", 0.9)):
+        asha.on_trial_add(None, _trial(stable, stable))
+        assert asha.on_trial_result(None, _trial(stable, stable), {"epoch": 1, "m": value}) == "CONTINUE"
+    asha.on_trial_add(None, _trial("t0003", "t0003"))
+    assert asha.on_trial_result(None, _trial("t0003", "t0003"), {"epoch": 1, "m": 0.05}) == "STOP"  # rung 1 prunes
+    assert asha.on_trial_result(None, _trial("t0000", "t0000"), {"epoch": 3, "m": 0.0}) == "CONTINUE"  # last epoch
+    # On resume, a trial whose last epoch Tune never saw has ended all the same.
+    assert asha.decide("t0000", 3, 0.0) == "STOP"
+
+
 def test_record_best_epoch_breaks_ties_towards_the_earlier_epoch(tmp_path: Path) -> None:
     paths = TunePaths(tmp_path)
     history = [{"epoch": e, "val_accuracy": v, "train_loss": 1.0 / e, "training_iteration": e, "new_best_epoch": -1}
