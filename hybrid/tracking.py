@@ -68,10 +68,11 @@ class TrackingConfig:
 
     @property
     def enabled(self) -> bool:
+        """Whether runs are logged (``mlflow_uri`` set)."""
         return self.mlflow_uri is not None
 
 
-def resolve_uri(uri: str, run_dir: Path) -> str:
+def resolve_uri(uri: str, *, run_dir: Path) -> str:
     """The absolute tracking URI: ``sqlite`` is ``<run dir>/mlflow.db``; a relative SQLite path is made absolute
     from the working directory (Ray workers and a later ``cd`` must not move the store)."""
     if uri == DEFAULT_STORE:
@@ -126,7 +127,7 @@ def log_run(config: TrackingConfig, *, run_dir: Path, summary: Mapping[str, Any]
     if not config.enabled:
         raise ValueError("log_run needs tracking.mlflow_uri set")  # a wiring bug, not user input
     _mlflow()
-    uri = resolve_uri(str(config.mlflow_uri), run_dir)
+    uri = resolve_uri(str(config.mlflow_uri), run_dir=run_dir)
     try:
         _probe(uri)
         run_id, new = _log(uri, config.experiment, run_dir.resolve(), summary)
@@ -142,7 +143,7 @@ def log_run(config: TrackingConfig, *, run_dir: Path, summary: Mapping[str, Any]
 
 def _log(uri: str, experiment: str, run_dir: Path, summary: Mapping[str, Any]) -> tuple[str, bool]:
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     client = MlflowClient(tracking_uri=uri)
     experiment_id = _experiment_id(client, uri, experiment)
@@ -167,7 +168,7 @@ def _log(uri: str, experiment: str, run_dir: Path, summary: Mapping[str, Any]) -
         client.log_batch(pid, metrics=[Metric(k, v, now, 0) for k, v in stage_metrics(summary).items()],
                          params=[Param(k, _param(v)) for k, v in params.items()])
         for trial in summary.get("trials", []):
-            _log_trial(client, experiment_id, pid, run_dir, trial, now, Metric, Param, RunTag)
+            _log_trial(client, experiment_id, parent_id=pid, run_dir=run_dir, trial=trial, now_ms=now)
         for name in SHIPPED:
             if name in summary.get("models", {}) and (run_dir / name).is_dir():
                 client.log_artifacts(pid, str(run_dir / name), artifact_path=name)
@@ -211,9 +212,11 @@ def _experiment_id(client: Any, uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def _log_trial(client: Any, experiment_id: str, parent_id: str, run_dir: Path, trial: Mapping[str, Any],
-               now: int, Metric: Any, Param: Any, RunTag: Any) -> None:
+def _log_trial(client: Any, experiment_id: str, *, parent_id: str, run_dir: Path, trial: Mapping[str, Any],
+               now_ms: int) -> None:
     """One child run: the trial's params, every epoch's metrics (from ``trials/<id>.json``) and its status."""
+    from mlflow.entities import Metric, Param
+
     trial_id = str(trial["trial_id"])
     record_path = run_dir / "trials" / f"{trial_id}.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
@@ -222,7 +225,7 @@ def _log_trial(client: Any, experiment_id: str, parent_id: str, run_dir: Path, t
     if trial.get("error"):
         tags["hybrid.error"] = str(trial["error"])[:_PARAM_CHARS]
     child = client.create_run(experiment_id, run_name=trial_id, tags=tags)
-    metrics = [Metric(k, float(v), now, int(row.get("epoch", 0)))
+    metrics = [Metric(k, float(v), now_ms, int(row.get("epoch", 0)))
                for row in history for k, v in row.items() if k != "epoch" and _number(v)]
     client.log_batch(child.info.run_id, metrics=metrics,
                      params=[Param(k, _param(v)) for k, v in trial.get("params", {}).items()])

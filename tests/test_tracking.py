@@ -126,10 +126,10 @@ def _check_logged(client: MlflowClient, run_dir: Path, parent_id: str) -> None:
 
 def test_the_default_store_is_sqlite_in_the_run_directory_with_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_uri("sqlite", Path("runs/fm")) == f"sqlite:///{tmp_path / 'runs' / 'fm' / DB_FILE}"
-    assert resolve_uri("sqlite:///stores/m.db", Path("x")) == f"sqlite:///{tmp_path / 'stores' / 'm.db'}"
-    assert resolve_uri("sqlite:////abs/m.db", Path("x")) == "sqlite:////abs/m.db"
-    assert resolve_uri("http://127.0.0.1:5000", Path("x")) == "http://127.0.0.1:5000"
+    assert resolve_uri("sqlite", run_dir=Path("runs/fm")) == f"sqlite:///{tmp_path / 'runs' / 'fm' / DB_FILE}"
+    assert resolve_uri("sqlite:///stores/m.db", run_dir=Path("x")) == f"sqlite:///{tmp_path / 'stores' / 'm.db'}"
+    assert resolve_uri("sqlite:////abs/m.db", run_dir=Path("x")) == "sqlite:////abs/m.db"
+    assert resolve_uri("http://127.0.0.1:5000", run_dir=Path("x")) == "http://127.0.0.1:5000"
 
 
 @pytest.mark.parametrize(("uri", "message"), [
