@@ -8,6 +8,7 @@ summary, report) without Ray or Spark; ``tests/test_cli.py`` checks the same log
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -209,6 +210,17 @@ def test_missing_mlflow_fails_before_the_run_with_the_pip_line(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: find_spec and import both fail
     with pytest.raises(MissingDependencyError, match=r"pip install 'hybrid\[mlflow\]'"):
         check_before_start(config)
+
+
+def test_only_a_run_with_tracking_on_imports_mlflow(tmp_path):
+    """Loading and checking a config with tracking on imports no mlflow (it is heavy); nothing else does."""
+    code = ("import sys; from hybrid import cli, pipeline, tracking; from hybrid.config import load_config, "
+            f"check_before_start; check_before_start(load_config({str(ROOT / 'configs' / 'fashion_mnist.yaml')!r}, "
+            f"['tracking.mlflow_uri=sqlite', 'runs_dir={tmp_path}'])); print('mlflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
 
 
 def _free_port() -> int:
