@@ -234,8 +234,9 @@ def _log_trial(client: Any, experiment_id: str, *, parent_id: str, run_dir: Path
 
 def stage_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The parent run's metrics from ``summary.json``: ``<model>.test.<metric>``, ``<model>.size_bytes``,
-    ``<model>.latency_ms_per_sample``, ``tune.best_<metric>``, ``score.rows_per_s`` and ``score.<metric>_in_spark``,
-    ``duration_s.<stage>``, ``data.<split>`` rows and ``peak_rss_bytes``."""
+    ``<model>.latency_ms_per_sample``, ``tune.best_<metric>``, ``compression.candidates`` (with a compression
+    search), ``score.rows_per_s`` and ``score.<metric>_in_spark``, ``duration_s.<stage>``, ``data.<split>`` rows
+    and ``peak_rss_bytes``."""
     out: dict[str, float] = {}
     for name, block in summary.get("models", {}).items():
         for metric, value in block.get("test", {}).items():
@@ -245,6 +246,8 @@ def stage_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     tune = summary.get("tune") or {}
     out.update({f"tune.{k}": v for k, v in tune.items() if k.startswith("best_") and k != "best_config"})
     out.update({f"tune.{k}": tune.get(k) for k in ("trials", "completed", "pruned", "failed")})
+    compression = summary.get("compression") or {}  # its candidates are not child runs (yet): their counts
+    out.update({f"compression.{k}": compression.get(k) for k in ("candidates", "completed", "failed")})
     score = summary.get("score") or {}
     out.update({f"score.{k}": v for k, v in score.items() if k in ("rows", "scored", "rows_per_s") or "_in_" in k})
     out.update({f"duration_s.{k}": v for k, v in (summary.get("durations_s") or {}).items()})

@@ -181,6 +181,9 @@ def test_the_stage_metrics_are_the_numbers_of_the_summary(tmp_path):
     assert metrics["student_int8.test.macro_f1"] == 0.869 and metrics["data.test"] == 20.0
     assert metrics["peak_rss_bytes"] == 2**31 and metrics["tune.failed"] == 0.0
     assert all(isinstance(v, float) for v in metrics.values())
+    assert not any(k.startswith("compression.") for k in metrics)  # no compression search in this run
+    searched = stage_metrics({**summary, "compression": {"pareto": [], "candidates": 4, "completed": 3, "failed": 1}})
+    assert (searched["compression.candidates"], searched["compression.failed"]) == (4.0, 1.0)
 
 
 def test_a_store_that_cannot_be_written_is_one_warning_and_the_results_stay(tmp_path):
