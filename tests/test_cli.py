@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from hybrid.artifacts import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
+_MLFLOW = importlib.util.find_spec("mlflow") is not None
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 
 
@@ -201,6 +203,8 @@ def test_qa_fixture_config_tunes_distils_quantizes_and_scores_a_span_model_repor
         # Every model is timed at this many rows per pass (256 by default: ~5 s a pass for the teacher here).
         "--set", "quantize.latency_batch_size=32",
     ]
+    if _MLFLOW:  # issue 12: tracking on costs seconds here, against a new full run elsewhere
+        args += ["--set", "tracking.mlflow_uri=sqlite", "--set", "tracking.experiment=qa-test"]
     proc = run_cli("run", str(QA), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "qa"
@@ -234,6 +238,32 @@ def test_qa_fixture_config_tunes_distils_quantizes_and_scores_a_span_model_repor
     scored = pq.read_table(run / "scores.parquet")
     assert {"id", "question", "context", "answers", "answer", "answer_start", "score", "error"} <= set(scored.column_names)
     assert "student_int8" in (run / "report.html").read_text()
+    if _MLFLOW:
+        _check_mlflow(run, summary, proc.stdout)
+
+
+def _check_mlflow(run: Path, summary: dict, stdout: str) -> None:
+    """The run as MLflow's own client reads it back from the default store in the run directory."""
+    from mlflow import MlflowClient
+
+    assert "[track] logged: MLflow run" in stdout
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("qa-test").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["tune.num_samples"] == "1" and parent.data.params["model.num_layers"] == "2"
+    for name, block in summary["models"].items():
+        assert parent.data.metrics[f"{name}.test.f1"] == pytest.approx(block["test"]["f1"]), name
+        assert parent.data.metrics[f"{name}.size_bytes"] == block["size_bytes"], name
+    assert parent.data.metrics["score.rows_per_s"] == pytest.approx(summary["score"]["rows_per_s"])
+    assert {"teacher", "student", "student_int8", "report.html"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert [c.data.tags["hybrid.trial_id"] for c in children] == [t["trial_id"] for t in summary["trials"]]
+    child = children[0]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.params == {k: str(v) for k, v in summary["trials"][0]["params"].items()}
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == [1]
 
 
 @pytest.mark.spark
