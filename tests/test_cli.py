@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import pytest
 from hybrid.artifacts import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-_MLFLOW = importlib.util.find_spec("mlflow") is not None
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 
 
@@ -202,9 +200,9 @@ def test_qa_fixture_config_tunes_distils_quantizes_and_scores_a_span_model_repor
         "--set", "quantize.backend=onnxruntime",
         # Every model is timed at this many rows per pass (256 by default: ~5 s a pass for the teacher here).
         "--set", "quantize.latency_batch_size=32",
+        # Issue 12: MLflow tracking (the mlflow extra, which scripts/setup.sh installs) costs seconds here.
+        "--set", "tracking.mlflow_uri=sqlite", "--set", "tracking.experiment=qa-test",
     ]
-    if _MLFLOW:  # issue 12: tracking on costs seconds here, against a new full run elsewhere
-        args += ["--set", "tracking.mlflow_uri=sqlite", "--set", "tracking.experiment=qa-test"]
     proc = run_cli("run", str(QA), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "qa"
@@ -238,8 +236,7 @@ def test_qa_fixture_config_tunes_distils_quantizes_and_scores_a_span_model_repor
     scored = pq.read_table(run / "scores.parquet")
     assert {"id", "question", "context", "answers", "answer", "answer_start", "score", "error"} <= set(scored.column_names)
     assert "student_int8" in (run / "report.html").read_text()
-    if _MLFLOW:
-        _check_mlflow(run, summary, proc.stdout)
+    _check_mlflow(run, summary, proc.stdout)
 
 
 def _check_mlflow(run: Path, summary: dict, stdout: str) -> None:
