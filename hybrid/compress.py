@@ -282,8 +282,9 @@ def search(
     from hybrid.models import get_family
     from hybrid.placement import HEAD_RESOURCE
     from hybrid.quantize import teacher_reference
+    from hybrid.runtime import quiet_ray_data
     from hybrid.search_space import check_compression_space, load_search_space
-    from hybrid.tune import default_concurrency, quiet_ray_data
+    from hybrid.tune import default_concurrency
     from hybrid.tune_records import trial_name
 
     quiet_ray_data()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid._dataclass_io import require, show
+from hybrid._yaml import read_yaml
 from hybrid.errors import MissingDependencyError
 
 DEFAULT_STORE = "sqlite"
@@ -164,7 +165,7 @@ def _log(uri: str, experiment: str, run_dir: Path, summary: Mapping[str, Any]) -
     pid = parent.info.run_id
     try:
         config_yaml = run_dir / "config.yaml"
-        params = _flat(_read_yaml(config_yaml)) if config_yaml.is_file() else {}
+        params = _flat(read_yaml(config_yaml, "run config") or {}) if config_yaml.is_file() else {}
         client.log_batch(pid, metrics=[Metric(k, v, now, 0) for k, v in stage_metrics(summary).items()],
                          params=[Param(k, _param(v)) for k, v in params.items()])
         for trial in summary.get("trials", []):
@@ -283,12 +284,6 @@ def _walk(tree: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
             yield from _walk(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def _dir_key(run_dir: Path) -> str:

@@ -132,13 +132,6 @@ def default_concurrency(worker: dict[str, float], *, workers: int, nodes: Sequen
     return max(1, cluster.sets_that_fit(worker, count=workers, nodes=nodes))
 
 
-def quiet_ray_data() -> None:
-    """Turn off Ray Data's per-dataset progress bars: with one split per epoch they flood the log."""
-    from hybrid.runtime import quiet_ray_data as quiet
-
-    quiet()
-
-
 def tune(
     config: Config,
     datasets: dict[str, ray.data.Dataset],
@@ -182,6 +175,7 @@ def tune(
     from hybrid import _tune_ray
     from hybrid._dataclass_io import to_dict
     from hybrid.measure import COST_METRICS, LATENCY_BATCH
+    from hybrid.runtime import quiet_ray_data
     from hybrid.train import ship_paths
 
     quiet_ray_data()
